@@ -1,0 +1,1 @@
+"""crnet_jax: CRNet and the Multi-Consistency Mean Teacher in JAX/Flax."""
