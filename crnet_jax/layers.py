@@ -1,0 +1,233 @@
+"""The building blocks of CRNet (flax.linen), as `../shared/design/crnet.md` reads the paper.
+
+Every module keeps its parameters in float32 (`param_dtype`) and computes in `dtype` (float32, or
+bfloat16 for speed). All convolutions are 3x3, stride 1, SAME padding, with bias.
+
+- `MaskedConv`: the gated convolution MC(x) = act(conv_f(x)) * sigmoid(conv_m(x)).
+- `PlainConv`: act(conv(x)), the RN ablation of Table 2 (no mask).
+- `MaskedResidualBlock`: MRB(x) = x + MC2(MC1(x)).
+- `ConvLSTM`, `ConvGRU`, `NoMemory`: the convolutional memory carried across an LMRG's recurrences.
+- `LayerAttention`: HAN's layer attention over the B block outputs of one LMRG pass.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Dtype = Any
+# The memory state (h, c). ConvGRU and NoMemory carry c along unchanged.
+MemoryState = tuple[Array, Array]
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    'relu': nn.relu,
+    'gelu': nn.gelu,
+    'silu': nn.silu,
+    'leaky_relu': nn.leaky_relu,
+    'identity': lambda x: x,
+}
+
+# PyTorch's default conv init (kaiming_uniform with a=sqrt(5): U(+-1/sqrt(fan_in))), as in the
+# PyTorch code CRNet grows from; a uniform draw also compiles much faster on CPU than a truncated
+# normal.
+default_kernel_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
+
+
+def get_activation(name: str) -> Callable[[Array], Array]:
+  if name not in ACTIVATIONS:
+    raise ValueError(f'model.activation: unknown activation {name!r}; '
+                     f'choose one of {sorted(ACTIVATIONS)}')
+  return ACTIVATIONS[name]
+
+
+def conv3x3(x: Array, kernel: Array, bias: Array, dtype: Dtype) -> Array:
+  """A 3x3 (or kxk) stride-1 SAME convolution of NHWC `x` with an HWIO kernel, in `dtype`."""
+  x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=dtype)
+  y = jax.lax.conv_general_dilated(
+      x, kernel, window_strides=(1, 1), padding='SAME',
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return y + bias
+
+
+class Conv(nn.Module):
+  """3x3 SAME convolution with bias, float32 params, computed in `dtype`."""
+  features: int
+  kernel_size: int = 3
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    k = self.kernel_size
+    kernel = self.param('kernel', default_kernel_init, (k, k, x.shape[-1], self.features),
+                        self.param_dtype)
+    bias = self.param('bias', nn.initializers.zeros, (self.features,), self.param_dtype)
+    return conv3x3(x, kernel, bias, self.dtype)
+
+
+class MaskedConv(nn.Module):
+  """Masked (gated) convolution, the MC module: `MC(x) = act(conv_f(x)) * sigmoid(conv_m(x))`.
+
+  The feature conv and the mask conv read the same input. Their parameters are kept apart
+  (`feature/{kernel,bias}`, `mask/{kernel,bias}`); with `fused=True` they run as one convolution
+  with 2x the output channels (kernels concatenated on the output axis), which computes exactly the
+  same sums and is faster on accelerators. `fused` changes no parameter, so it can be switched on a
+  trained checkpoint.
+  """
+  features: int
+  activation: str = 'relu'  # 'identity' for the tail MC, whose output is an image residual
+  fused: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def _params(self, name: str, in_features: int) -> tuple[Array, Array]:
+    kernel = self.param(f'{name}_kernel', default_kernel_init,
+                        (3, 3, in_features, self.features), self.param_dtype)
+    bias = self.param(f'{name}_bias', nn.initializers.zeros, (self.features,), self.param_dtype)
+    return kernel, bias
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    act = get_activation(self.activation)
+    feature_kernel, feature_bias = self._params('feature', x.shape[-1])
+    mask_kernel, mask_bias = self._params('mask', x.shape[-1])
+    if self.fused:
+      both = conv3x3(x, jnp.concatenate([feature_kernel, mask_kernel], axis=-1),
+                     jnp.concatenate([feature_bias, mask_bias]), self.dtype)
+      feature, mask = jnp.split(both, 2, axis=-1)
+    else:
+      feature = conv3x3(x, feature_kernel, feature_bias, self.dtype)
+      mask = conv3x3(x, mask_kernel, mask_bias, self.dtype)
+    return act(feature) * nn.sigmoid(mask)
+
+
+class PlainConv(nn.Module):
+  """`act(conv(x))`: the convolution that replaces MC in the RN row of Table 2."""
+  features: int
+  activation: str = 'relu'
+  fused: bool = True  # unused; keeps the constructor interchangeable with MaskedConv
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    y = Conv(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name='conv')(x)
+    return get_activation(self.activation)(y)
+
+
+class MaskedResidualBlock(nn.Module):
+  """Masked residual block: `MRB(x) = x + MC2(MC1(x))`, both MC at C -> C.
+
+  With `masked=False` the MCs are plain convolutions (the residual block of RN).
+  """
+  features: int
+  activation: str = 'relu'
+  masked: bool = True
+  fused: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    conv_cls = MaskedConv if self.masked else PlainConv
+    kw = dict(features=self.features, activation=self.activation, fused=self.fused,
+              dtype=self.dtype, param_dtype=self.param_dtype)
+    y = conv_cls(**kw, name='mc1')(x)
+    y = conv_cls(**kw, name='mc2')(y)
+    return x + y
+
+
+def zero_memory_state(x: Array, features: int) -> MemoryState:
+  """The memory state (h, c) at the start of each LMRG: zeros shaped like the features."""
+  zeros = jnp.zeros(x.shape[:-1] + (features,), x.dtype)
+  return zeros, zeros
+
+
+class ConvLSTM(nn.Module):
+  """Convolutional LSTM cell (PReNet's memory).
+
+  Gates from one 3x3 conv over concat(x, h) (2C -> 4C), in the order i, f, g, o:
+  `c' = sigmoid(f) * c + sigmoid(i) * tanh(g)`, `h' = sigmoid(o) * tanh(c')`.
+  """
+  features: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, state: MemoryState) -> tuple[Array, MemoryState]:
+    h, c = state
+    gates = Conv(4 * self.features, dtype=self.dtype, param_dtype=self.param_dtype,
+                 name='gates')(jnp.concatenate([x, h.astype(x.dtype)], axis=-1))
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    c = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
+    h = nn.sigmoid(o) * jnp.tanh(c)
+    return h, (h, c)
+
+
+class ConvGRU(nn.Module):
+  """Convolutional GRU cell (an ablation of the memory module).
+
+  `z, r = sigmoid(conv([x, h]))` (2C -> 2C), `n = tanh(conv([x, r * h]))` (2C -> C),
+  `h' = (1 - z) * n + z * h`. The cell state c is carried along unchanged.
+  """
+  features: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, state: MemoryState) -> tuple[Array, MemoryState]:
+    h, c = state
+    h = h.astype(x.dtype)
+    conv = lambda n, name: Conv(n, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+    z, r = jnp.split(nn.sigmoid(conv(2 * self.features, 'gates')(
+        jnp.concatenate([x, h], axis=-1))), 2, axis=-1)
+    n = jnp.tanh(conv(self.features, 'candidate')(jnp.concatenate([x, r * h], axis=-1)))
+    h = (1 - z) * n + z * h
+    return h, (h, c)
+
+
+class NoMemory(nn.Module):
+  """No memory module (ablation): the features pass through, the state is unchanged."""
+  features: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def __call__(self, x: Array, state: MemoryState) -> tuple[Array, MemoryState]:
+    return x, state
+
+
+MEMORY_MODULES: dict[str, type[nn.Module]] = {
+    'convlstm': ConvLSTM, 'convgru': ConvGRU, 'none': NoMemory}
+
+
+class LayerAttention(nn.Module):
+  """Layer attention module (LAM) of HAN over the B block outputs of one LMRG pass.
+
+  With the layers flattened, `F: (batch, B, H*W*C)`:
+  `E = F F^T` (batch, B, B); `A = softmax(rowmax(E) - E)` over the last axis (less correlated
+  layers weigh more); `out = gamma * (A F) + F` with a learnable scalar `gamma` initialised to 0;
+  then `out` is reshaped to (batch, H, W, B*C) and fused by a 3x3 conv B*C -> C.
+  E and the softmax are computed in float32 whatever the compute dtype (E sums H*W*C terms).
+  """
+  features: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, layers: Array) -> Array:
+    """`layers`: (batch, B, H, W, C) -> (batch, H, W, features)."""
+    batch, num_layers, height, width, channels = layers.shape
+    gamma = self.param('gamma', nn.initializers.zeros, (), self.param_dtype)
+    flat = layers.reshape(batch, num_layers, -1)
+    flat32 = flat.astype(jnp.float32)
+    energy = jnp.einsum('bik,bjk->bij', flat32, flat32)
+    energy = jnp.max(energy, axis=-1, keepdims=True) - energy
+    attention = jax.nn.softmax(energy, axis=-1)
+    attended = jnp.einsum('bij,bjk->bik', attention.astype(self.dtype), flat.astype(self.dtype))
+    out = gamma.astype(self.dtype) * attended + flat.astype(self.dtype)
+    out = out.reshape(batch, num_layers, height, width, channels)
+    out = jnp.moveaxis(out, 1, 3).reshape(batch, height, width, num_layers * channels)
+    return Conv(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name='fuse')(out)

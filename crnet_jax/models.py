@@ -1,0 +1,162 @@
+"""CRNet, the Comprehensive Residual Network, and its recurrent group LMRG.
+
+```
+y = x
+for i in 1..N:                 # distinct weights per LMRG
+    (h, c) = zeros
+    for t in 1..T:             # shared weights within the LMRG
+        y, (h, c) = LMRG_i(x, y, (h, c))
+    stage_i = y
+return final = stage_N, intermediates = (stage_1 .. stage_{N-1})
+```
+The intermediate stages feed the mid-step loss L_ms and the mid-consistency L_mc.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from crnet_jax import layers
+
+Array = jax.Array
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+class LMRG(nn.Module):
+  """One pass of a layer-attentive masked residual group (design page: "LMRG (one pass)").
+
+  ```
+  z  = MC_head(concat(x, y))        # 6 -> C
+  h, state = memory(z, state)       # C -> C
+  f_1..f_B = MRB_1..MRB_B chained from h
+  u  = LAM(f_1..f_B)                # B*C -> C   (without layer attention: u = f_B)
+  y' = x + MC_tail(u)               # C -> 3, identity activation (skip='previous': y + ...)
+  ```
+  """
+  features: int = 32
+  num_blocks: int = 5
+  activation: str = 'relu'
+  memory: str = 'convlstm'
+  skip: str = 'input'
+  masked_conv: bool = True
+  layer_attention: bool = True
+  fused_masked_conv: bool = True
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, y: Array,
+               state: layers.MemoryState) -> tuple[Array, layers.MemoryState]:
+    common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    conv_cls = layers.MaskedConv if self.masked_conv else layers.PlainConv
+    inputs = jnp.concatenate([x, y], axis=-1).astype(self.dtype)
+    z = conv_cls(self.features, self.activation, fused=self.fused_masked_conv, **common,
+                 name='head')(inputs)
+    h, state = layers.MEMORY_MODULES[self.memory](self.features, **common, name='memory')(z, state)
+    block_outputs = []
+    for b in range(self.num_blocks):
+      h = layers.MaskedResidualBlock(self.features, self.activation, masked=self.masked_conv,
+                                     fused=self.fused_masked_conv, **common, name=f'block_{b}')(h)
+      block_outputs.append(h)
+    if self.layer_attention:
+      u = layers.LayerAttention(self.features, **common, name='layer_attention')(
+          jnp.stack(block_outputs, axis=1))
+    else:
+      u = h
+    residual = conv_cls(x.shape[-1], 'identity', fused=self.fused_masked_conv, **common,
+                        name='tail')(u)
+    base = x if self.skip == 'input' else y
+    return base.astype(jnp.float32) + residual.astype(jnp.float32), state
+
+
+class CRNet(nn.Module):
+  """The Comprehensive Residual Network: N LMRGs, each unrolled T times with shared weights.
+
+  Returns `(final, intermediates)`: the last stage's image and the tuple of the N-1 earlier
+  stages, all float32 and of the input's shape, not clipped (clip only for metrics and files).
+  """
+  features: int = 32
+  num_groups: int = 4
+  recurrences: int = 2
+  num_blocks: int = 5
+  activation: str = 'relu'
+  memory: str = 'convlstm'
+  skip: str = 'input'
+  masked_conv: bool = True
+  layer_attention: bool = True
+  fused_masked_conv: bool = True
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> tuple[Array, tuple[Array, ...]]:
+    x = x.astype(jnp.float32)
+    y = x
+    stages = []
+    for i in range(self.num_groups):
+      group = LMRG(features=self.features, num_blocks=self.num_blocks,
+                   activation=self.activation, memory=self.memory, skip=self.skip,
+                   masked_conv=self.masked_conv, layer_attention=self.layer_attention,
+                   fused_masked_conv=self.fused_masked_conv, dtype=self.dtype,
+                   param_dtype=self.param_dtype, name=f'lmrg_{i}')
+      state = layers.zero_memory_state(x.astype(self.dtype), self.features)
+      for _ in range(self.recurrences):
+        y, state = group(x, y, state)
+      stages.append(y)
+    return stages[-1], tuple(stages[:-1])
+
+
+def _check_choice(key: str, value: Any, choices) -> None:
+  if value not in choices:
+    raise ValueError(f'model.{key}: {value!r} is not one of {sorted(choices)}')
+
+
+def create_model(model_config: ml_collections.ConfigDict) -> CRNet:
+  """Builds CRNet from `config.model`, checking every field first."""
+  for key in ('features', 'num_groups', 'recurrences', 'num_blocks'):
+    value = model_config[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise ValueError(f'model.{key}: must be a positive integer, got {value!r}')
+  _check_choice('activation', model_config.activation, layers.ACTIVATIONS)
+  _check_choice('memory', model_config.memory, layers.MEMORY_MODULES)
+  _check_choice('skip', model_config.skip, ('input', 'previous'))
+  _check_choice('dtype', model_config.dtype, DTYPES)
+  return CRNet(
+      features=model_config.features,
+      num_groups=model_config.num_groups,
+      recurrences=model_config.recurrences,
+      num_blocks=model_config.num_blocks,
+      activation=model_config.activation,
+      memory=model_config.memory,
+      skip=model_config.skip,
+      masked_conv=model_config.masked_conv,
+      layer_attention=model_config.layer_attention,
+      fused_masked_conv=model_config.fused_masked_conv,
+      dtype=DTYPES[model_config.dtype],
+  )
+
+
+def num_params(model_config: ml_collections.ConfigDict, channels: int = 3) -> int:
+  """The analytic parameter count of CRNet for `config.model` (1,240,732 for the defaults).
+
+  Counted module by module from the design page, independently of the flax code, so a test can
+  check that the network has exactly the parameters the design describes.
+  """
+  c, b = model_config.features, model_config.num_blocks
+
+  def conv(cin: int, cout: int) -> int:
+    return 9 * cin * cout + cout
+
+  def mc(cin: int, cout: int) -> int:  # feature conv + mask conv, or one plain conv
+    return 2 * conv(cin, cout) if model_config.masked_conv else conv(cin, cout)
+
+  memory = {'convlstm': conv(2 * c, 4 * c),
+            'convgru': conv(2 * c, 2 * c) + conv(2 * c, c),
+            'none': 0}[model_config.memory]
+  attention = 1 + conv(b * c, c) if model_config.layer_attention else 0
+  group = mc(2 * channels, c) + memory + b * 2 * mc(c, c) + attention + mc(c, channels)
+  return model_config.num_groups * group

@@ -1,0 +1,188 @@
+"""CRNet and its layers: structure, parameter count, numerics against direct numpy formulas."""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from crnet_jax import layers
+from crnet_jax import models
+
+
+def tiny_model_config(**overrides):
+  config = default.get_model_config()
+  config.features = 8
+  config.num_groups = 2
+  config.recurrences = 2
+  config.num_blocks = 2
+  config.update(overrides)
+  return config
+
+
+def count(params) -> int:
+  return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+
+
+def numpy_conv3x3(x, kernel, bias):
+  """Direct SAME 3x3 convolution of NHWC x with an HWIO kernel, in float64."""
+  x = np.asarray(x, np.float64)
+  kernel = np.asarray(kernel, np.float64)
+  n, h, w, _ = x.shape
+  padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  out = np.zeros((n, h, w, kernel.shape[-1]))
+  for dy in range(3):
+    for dx in range(3):
+      out += padded[:, dy:dy + h, dx:dx + w, :] @ kernel[dy, dx]
+  return out + np.asarray(bias, np.float64)
+
+
+def sigmoid(x):
+  return 1 / (1 + np.exp(-x))
+
+
+@pytest.mark.parametrize('overrides', [
+    {},  # the paper's network: 1,240,732 parameters
+    {'masked_conv': False, 'layer_attention': False},  # RN
+    {'layer_attention': False},  # MRN
+    {'memory': 'convgru'},
+    {'memory': 'none', 'num_groups': 3, 'num_blocks': 4, 'features': 16},
+])
+def test_structure_and_parameter_count(overrides):
+  config = default.get_model_config()
+  config.update(overrides)
+  model = models.create_model(config)
+  x = jax.ShapeDtypeStruct((2, 24, 40, 3), jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+  assert count(variables['params']) == models.num_params(config)
+  final, intermediates = jax.eval_shape(model.apply, variables, x)
+  assert final.shape == x.shape and final.dtype == jnp.float32
+  assert len(intermediates) == config.num_groups - 1
+  assert all(s.shape == x.shape for s in intermediates)
+
+
+def test_default_parameter_count_is_the_papers():
+  # The design page's network has about 1.2 M parameters; the formula gives the exact figure.
+  assert models.num_params(default.get_model_config()) == 1_240_732
+
+
+def test_layer_attention_gamma_starts_at_zero_and_jit_agrees():
+  config = tiny_model_config(features=4, recurrences=1, num_blocks=2)
+  model = models.create_model(config)
+  x = jax.random.uniform(jax.random.key(1), (1, 8, 8, 3))
+  variables = jax.jit(model.init)(jax.random.key(0), x)
+  flat = flax.traverse_util.flatten_dict(variables['params'], sep='/')
+  gammas = {k: v for k, v in flat.items() if k.endswith('layer_attention/gamma')}
+  assert len(gammas) == config.num_groups
+  assert all(float(v) == 0.0 for v in gammas.values())
+  eager_final, eager_inter = model.apply(variables, x)
+  jit_final, jit_inter = jax.jit(model.apply)(variables, x)
+  np.testing.assert_allclose(eager_final, jit_final, atol=1e-5)
+  for a, b in zip(eager_inter, jit_inter):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def with_nonzero_gamma(params, value=0.7):
+  flat = flax.traverse_util.flatten_dict(params, sep='/')
+  flat = {k: (jnp.full_like(v, value) if k.endswith('gamma') else v) for k, v in flat.items()}
+  return flax.traverse_util.unflatten_dict(flat, sep='/')
+
+
+def test_fused_masked_conv_matches_two_convs():
+  x = jax.random.uniform(jax.random.key(1), (2, 12, 16, 3))
+  fused = models.create_model(tiny_model_config(fused_masked_conv=True))
+  plain = models.create_model(tiny_model_config(fused_masked_conv=False))
+  variables = fused.init(jax.random.key(0), x)
+  variables = {'params': with_nonzero_gamma(variables['params'])}
+  a, _ = jax.jit(fused.apply)(variables, x)
+  b, _ = jax.jit(plain.apply)(variables, x)  # same parameter tree
+  np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_masked_conv_equals_formula():
+  x = np.random.default_rng(0).random((1, 5, 6, 3)).astype(np.float32)
+  for activation, act in (('relu', lambda v: np.maximum(v, 0)), ('identity', lambda v: v)):
+    for fused in (True, False):
+      mc = layers.MaskedConv(4, activation, fused=fused)
+      params = mc.init(jax.random.key(0), x)['params']
+      params = jax.tree.map(lambda p: p + 0.1, params)  # non-zero biases
+      got = mc.apply({'params': params}, x)
+      want = (act(numpy_conv3x3(x, params['feature_kernel'], params['feature_bias']))
+              * sigmoid(numpy_conv3x3(x, params['mask_kernel'], params['mask_bias'])))
+      np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_masked_residual_block_and_convlstm_equal_formulas():
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((1, 5, 6, 4)).astype(np.float32)
+  block = layers.MaskedResidualBlock(4)
+  p = block.init(jax.random.key(0), x)['params']
+
+  def mc(v, q):
+    return (np.maximum(numpy_conv3x3(v, q['feature_kernel'], q['feature_bias']), 0)
+            * sigmoid(numpy_conv3x3(v, q['mask_kernel'], q['mask_bias'])))
+
+  np.testing.assert_allclose(block.apply({'params': p}, x), x + mc(mc(x, p['mc1']), p['mc2']),
+                             atol=1e-5)
+
+  h0 = rng.standard_normal((1, 5, 6, 4)).astype(np.float32)
+  c0 = rng.standard_normal((1, 5, 6, 4)).astype(np.float32)
+  cell = layers.ConvLSTM(4)
+  q = cell.init(jax.random.key(1), x, (h0, c0))['params']
+  h, (h_state, c) = cell.apply({'params': q}, x, (h0, c0))
+  gates = numpy_conv3x3(np.concatenate([x, h0], -1), q['gates']['kernel'], q['gates']['bias'])
+  i, f, g, o = np.split(gates, 4, axis=-1)
+  c_want = sigmoid(f) * c0 + sigmoid(i) * np.tanh(g)
+  np.testing.assert_allclose(c, c_want, atol=1e-5)
+  np.testing.assert_allclose(h, sigmoid(o) * np.tanh(c_want), atol=1e-5)
+  np.testing.assert_array_equal(h, h_state)
+
+
+def test_layer_attention_equals_numpy():
+  rng = np.random.default_rng(0)
+  batch, num_layers, height, width, channels = 2, 3, 4, 5, 2
+  feats = rng.standard_normal((batch, num_layers, height, width, channels)).astype(np.float32)
+  lam = layers.LayerAttention(features=3)
+  params = lam.init(jax.random.key(0), feats)['params']
+  params = {**params, 'gamma': jnp.float32(0.37)}
+  got = lam.apply({'params': params}, feats)
+
+  f = feats.reshape(batch, num_layers, -1).astype(np.float64)
+  energy = f @ np.transpose(f, (0, 2, 1))
+  energy = energy.max(axis=-1, keepdims=True) - energy
+  attention = np.exp(energy - energy.max(axis=-1, keepdims=True))
+  attention /= attention.sum(axis=-1, keepdims=True)
+  out = 0.37 * (attention @ f) + f
+  # Channel index of the fused input is layer * C + channel.
+  out = out.reshape(batch, num_layers, height, width, channels).transpose(0, 2, 3, 1, 4)
+  out = out.reshape(batch, height, width, num_layers * channels)
+  want = numpy_conv3x3(out, params['fuse']['kernel'], params['fuse']['bias'])
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+
+
+def test_bfloat16_compute_is_close_to_float32():
+  config = tiny_model_config()
+  x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3)) * 0.3
+  f32 = models.create_model(config)
+  variables = f32.init(jax.random.key(0), x)
+  variables = {'params': with_nonzero_gamma(variables['params'], 0.5)}
+  bf16 = models.create_model(tiny_model_config(dtype='bfloat16'))
+  out32, _ = jax.jit(f32.apply)(variables, x)
+  out16, inter16 = jax.jit(bf16.apply)(variables, x)
+  assert out16.dtype == jnp.float32 and all(s.dtype == jnp.float32 for s in inter16)
+  bf16_params = jax.eval_shape(bf16.init, jax.random.key(0), x)['params']
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(bf16_params))
+  assert float(jnp.max(jnp.abs(out32 - out16))) < 2e-2
+  assert float(jnp.max(jnp.abs(out32 - x))) > 1e-3  # the network does change the image
+
+
+@pytest.mark.parametrize('key,value', [('memory', 'lstm'), ('activation', 'tanhh'),
+                                        ('skip', 'none'), ('dtype', 'float16'),
+                                        ('features', 0)])
+def test_bad_model_config_names_the_key(key, value):
+  config = default.get_model_config()
+  config.unlock()
+  config[key] = value
+  with pytest.raises(ValueError, match=f'model.{key}'):
+    models.create_model(config)
