@@ -1,0 +1,244 @@
+"""Image decoding and encoding shared by the data pipeline, evaluation and inference.
+
+`load_image(path)` returns a float32 array of shape (H, W, 3) with values in [0, 1]. The rules:
+
+- Formats: anything Pillow decodes (PNG, JPEG, BMP, TIFF, WebP, GIF first frame, ...). The file
+  is decoded fully (`img.load()`), so a truncated or corrupt file fails here, not later.
+- EXIF orientation is honoured (`PIL.ImageOps.exif_transpose`): the array is the image as a
+  viewer shows it.
+- Grayscale (`L`, `1`, 16-bit `I;16`, 32-bit `I`, float `F`) is replicated to three channels.
+- Alpha (`RGBA`, `LA`, `PA`, palette with transparency) is dropped: the colour channels are kept
+  as stored and NOT composited over a background (compositing over white would brighten a
+  low-light image; over black would darken its edges).
+- Palette (`P`) images are converted to RGB through their palette. CMYK, YCbCr, LAB and HSV are
+  converted to RGB by Pillow.
+- Bit depth: 8-bit channels are divided by 255, 16-bit ones by 65535 (16-bit grayscale PNG/TIFF,
+  and 16-bit RGB TIFF, which is read with `tifffile` for full precision). 32-bit integer
+  grayscale (`I`, what Pillow uses for some 16-bit files) is taken as 16-bit (divided by 65535,
+  clipped). Float images (`F`) are clipped to [0, 1]. Pillow itself reduces 16-bit RGB PNG to 8
+  bits per channel; such files are read at that precision.
+
+Every failure is a `DataError` (a `ValueError`) whose message starts with the file's path and
+says what is wrong; a missing file or folder is a `MissingDataError` (also a
+`FileNotFoundError`).
+
+`save_image(path, image)` clips a float image to [0, 1], rounds it to uint8 and writes it (PNG
+unless the path ends in .jpg/.jpeg/.bmp/.tif/.tiff/.webp), creating parent folders.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Union
+
+import numpy as np
+from PIL import Image
+from PIL import ImageFile
+from PIL import ImageOps
+from PIL import UnidentifiedImageError
+
+PathLike = Union[str, os.PathLike]
+
+# Never accept truncated files silently.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+_SAVE_FORMATS = {
+    '.png': 'PNG',
+    '.jpg': 'JPEG',
+    '.jpeg': 'JPEG',
+    '.bmp': 'BMP',
+    '.tif': 'TIFF',
+    '.tiff': 'TIFF',
+    '.webp': 'WEBP',
+}
+
+
+class DataError(ValueError):
+  """A problem with the input data (a file, a folder or a pairing), named in the message."""
+
+
+class MissingDataError(DataError, FileNotFoundError):
+  """A file or folder that should exist does not."""
+
+
+def _open_decoded(path: PathLike) -> tuple[Image.Image, Image.Image]:
+  """Opens and fully decodes `path` with Pillow: (as stored, with the orientation applied)."""
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise MissingDataError(f'{path}: file not found')
+  if os.path.isdir(path):
+    raise DataError(f'{path}: is a folder, not an image file')
+  try:
+    img = Image.open(path)
+  except UnidentifiedImageError:
+    raise DataError(f'{path}: not an image file (Pillow cannot identify its format)') from None
+  except OSError as e:
+    raise DataError(f'{path}: cannot open image ({e})') from e
+  try:
+    img.load()
+  except Exception as e:  # pylint: disable=broad-except
+    raise DataError(f'{path}: corrupt or truncated image ({type(e).__name__}: {e})') from e
+  try:
+    transposed = ImageOps.exif_transpose(img)
+  except Exception as e:  # pylint: disable=broad-except
+    raise DataError(f'{path}: cannot apply the EXIF orientation ({e})') from e
+  return img, (transposed if transposed is not None else img)
+
+
+def _is_16bit_rgb_tiff(img: Image.Image) -> bool:
+  if img.format != 'TIFF':
+    return False
+  try:
+    bits = img.tag_v2.get(258)  # BitsPerSample
+  except AttributeError:
+    return False
+  if bits is None:
+    return False
+  bits = bits if isinstance(bits, tuple) else (bits,)
+  return len(bits) >= 3 and max(bits) == 16
+
+
+def _read_tiff_16bit(path: str, img: Image.Image) -> np.ndarray | None:
+  """Reads a 16-bit RGB TIFF at full precision with tifffile (None when unavailable)."""
+  try:
+    import tifffile  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  try:
+    arr = tifffile.imread(path)
+  except Exception as e:  # pylint: disable=broad-except
+    raise DataError(f'{path}: corrupt 16-bit TIFF ({e})') from e
+  if arr.ndim != 3 or arr.shape[-1] < 3 or arr.dtype != np.uint16:
+    return None
+  arr = arr[..., :3].astype(np.float32) / 65535.0
+  # Apply the EXIF orientation the same way Pillow did for the 8-bit view.
+  orientation = img.getexif().get(0x0112, 1)
+  return _orient(arr, orientation)
+
+
+def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+  """Applies an EXIF orientation tag (1-8) to an HxWxC array."""
+  ops = {
+      2: lambda a: a[:, ::-1],
+      3: lambda a: a[::-1, ::-1],
+      4: lambda a: a[::-1],
+      5: lambda a: np.swapaxes(a, 0, 1),
+      6: lambda a: np.rot90(a, -1),
+      7: lambda a: np.swapaxes(a, 0, 1)[::-1, ::-1],
+      8: lambda a: np.rot90(a, 1),
+  }
+  if orientation in ops:
+    arr = ops[orientation](arr)
+  return np.ascontiguousarray(arr)
+
+
+def _to_float_rgb(img: Image.Image, path: str) -> np.ndarray:
+  """Converts a decoded Pillow image to float32 HxWx3 in [0, 1] by the module's rules."""
+  mode = img.mode
+  if mode in ('P', 'PA'):
+    img = img.convert('RGBA' if ('transparency' in img.info or mode == 'PA') else 'RGB')
+    mode = img.mode
+  if mode == '1':
+    img = img.convert('L')
+    mode = 'L'
+  if mode in ('RGB', 'RGBA', 'RGBX', 'L', 'LA'):
+    arr = np.asarray(img, dtype=np.uint8).astype(np.float32) / 255.0
+  elif mode.startswith('I;16'):
+    arr = np.asarray(img).astype(np.float32) / 65535.0
+  elif mode == 'I':
+    arr = np.clip(np.asarray(img).astype(np.float64) / 65535.0, 0.0, 1.0).astype(np.float32)
+  elif mode == 'F':
+    arr = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+  else:
+    try:
+      img = img.convert('RGB')
+    except Exception as e:  # pylint: disable=broad-except
+      raise DataError(f'{path}: unsupported image mode {mode!r} ({e})') from e
+    arr = np.asarray(img, dtype=np.uint8).astype(np.float32) / 255.0
+  if arr.ndim == 2:
+    arr = arr[..., None]
+  channels = arr.shape[-1]
+  if channels in (1, 2):  # gray or gray + alpha
+    arr = np.repeat(arr[..., :1], 3, axis=-1)
+  elif channels >= 3:
+    arr = arr[..., :3]
+  return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def load_image(path: PathLike) -> np.ndarray:
+  """Decodes an image file to float32 (H, W, 3) in [0, 1] (rules in the module docstring).
+
+  Args:
+    path: the file.
+
+  Returns:
+    The image, float32, shape (H, W, 3), values in [0, 1].
+
+  Raises:
+    MissingDataError: the file does not exist.
+    DataError: the file is not an image, is corrupt or truncated, or has an unsupported mode.
+  """
+  path = os.fspath(path)
+  stored, img = _open_decoded(path)
+  if _is_16bit_rgb_tiff(stored):
+    arr = _read_tiff_16bit(path, stored)
+    if arr is not None:
+      return arr
+  arr = _to_float_rgb(img, path)
+  if arr.shape[0] < 1 or arr.shape[1] < 1:
+    raise DataError(f'{path}: empty image ({arr.shape[0]}x{arr.shape[1]})')
+  return arr
+
+
+def load_image_uint8(path: PathLike) -> np.ndarray:
+  """Like `load_image`, rounded to uint8 (H, W, 3): what the dataset builders store."""
+  return to_uint8(load_image(path))
+
+
+def image_size(path: PathLike) -> tuple[int, int]:
+  """(height, width) of an image as `load_image` returns it (after the EXIF orientation)."""
+  _, img = _open_decoded(path)
+  return img.height, img.width
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+  """Clips a float image to [0, 1] and rounds it to uint8."""
+  return np.round(np.clip(np.asarray(image, np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def encode_png(image: np.ndarray, compress_level: int = 1) -> bytes:
+  """Encodes an (H, W, 3) uint8 array (or float in [0, 1]) as PNG bytes."""
+  image = np.asarray(image)
+  if image.dtype != np.uint8:
+    image = to_uint8(image)
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format='PNG', compress_level=compress_level)
+  return buf.getvalue()
+
+
+def save_image(path: PathLike, image: np.ndarray) -> None:
+  """Writes a float image in [0, 1] (H, W, 3), (H, W, 1) or (H, W) as an 8-bit file.
+
+  Values are clipped to [0, 1] and rounded to uint8. The format follows the extension
+  (.png, .jpg/.jpeg, .bmp, .tif/.tiff, .webp); any other extension is written as PNG.
+
+  Args:
+    path: the output file; parent folders are created.
+    image: the image.
+  """
+  path = os.fspath(path)
+  arr = np.asarray(image)
+  if arr.ndim == 3 and arr.shape[-1] == 1:
+    arr = arr[..., 0]
+  if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+    raise ValueError(f'save_image({path}): expected (H, W), (H, W, 1) or (H, W, 3), got '
+                     f'{arr.shape}')
+  if arr.ndim == 3 and arr.shape[-1] == 4:
+    arr = arr[..., :3]
+  arr = to_uint8(arr) if arr.dtype != np.uint8 else arr
+  parent = os.path.dirname(path)
+  if parent:
+    os.makedirs(parent, exist_ok=True)
+  fmt = _SAVE_FORMATS.get(os.path.splitext(path)[1].lower(), 'PNG')
+  Image.fromarray(arr).save(path, format=fmt)
