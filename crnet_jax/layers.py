@@ -121,7 +121,8 @@ class PlainConv(nn.Module):
 class MaskedResidualBlock(nn.Module):
   """Masked residual block: `MRB(x) = x + MC2(MC1(x))`, both MC at C -> C.
 
-  With `masked=False` the MCs are plain convolutions (the residual block of RN).
+  With `masked=False` the MCs are plain convolutions (the residual block of RN). `mask` (see
+  `apply_mask`) zeroes the features outside the real pixels between the two convolutions.
   """
   features: int
   activation: str = 'relu'
@@ -131,13 +132,24 @@ class MaskedResidualBlock(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, mask: Array | None = None) -> Array:
     conv_cls = MaskedConv if self.masked else PlainConv
     kw = dict(features=self.features, activation=self.activation, fused=self.fused,
               dtype=self.dtype, param_dtype=self.param_dtype)
-    y = conv_cls(**kw, name='mc1')(x)
-    y = conv_cls(**kw, name='mc2')(y)
+    y = apply_mask(conv_cls(**kw, name='mc1')(x), mask)
+    y = apply_mask(conv_cls(**kw, name='mc2')(y), mask)
     return x + y
+
+
+def apply_mask(x: Array, mask: Array | None) -> Array:
+  """`x * mask`, or `x` when there is no mask.
+
+  A pixel mask (batch, H, W, 1), 1 on the real pixels of an image padded at the bottom and right,
+  applied to every convolution's input makes the padded network compute exactly what it computes
+  on the unpadded image (SAME convolutions see zeros beyond the real pixels, and the layer
+  attention's energy sums over real pixels only). Training on patches needs no mask.
+  """
+  return x if mask is None else x * mask.astype(x.dtype)
 
 
 def zero_memory_state(x: Array, features: int) -> MemoryState:
@@ -203,6 +215,19 @@ MEMORY_MODULES: dict[str, type[nn.Module]] = {
     'convlstm': ConvLSTM, 'convgru': ConvGRU, 'none': NoMemory}
 
 
+def layer_energy(layers: Array, mask: Array | None = None) -> Array:
+  """The layer attention's energy `E = F F^T` (batch, B, B) in float32, over pixels where `mask`.
+
+  `layers`: (batch, B, H, W, C); `mask`: (batch, H, W) or None. Summing the energies of disjoint
+  parts of an image gives the energy of the whole image, which is what tiled inference uses.
+  """
+  flat = layers.astype(jnp.float32)
+  if mask is not None:
+    flat = flat * mask[:, None, :, :, None].astype(jnp.float32)
+  flat = flat.reshape(layers.shape[0], layers.shape[1], -1)
+  return jnp.einsum('bik,bjk->bij', flat, flat)
+
+
 class LayerAttention(nn.Module):
   """Layer attention module (LAM) of HAN over the B block outputs of one LMRG pass.
 
@@ -211,23 +236,24 @@ class LayerAttention(nn.Module):
   layers weigh more); `out = gamma * (A F) + F` with a learnable scalar `gamma` initialised to 0;
   then `out` is reshaped to (batch, H, W, B*C) and fused by a 3x3 conv B*C -> C.
   E and the softmax are computed in float32 whatever the compute dtype (E sums H*W*C terms).
+  `energy`, when given, replaces E (tiled inference passes the energy of the whole image).
   """
   features: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, layers: Array) -> Array:
+  def __call__(self, layers: Array, energy: Array | None = None) -> Array:
     """`layers`: (batch, B, H, W, C) -> (batch, H, W, features)."""
     batch, num_layers, height, width, channels = layers.shape
     gamma = self.param('gamma', nn.initializers.zeros, (), self.param_dtype)
-    flat = layers.reshape(batch, num_layers, -1)
-    flat32 = flat.astype(jnp.float32)
-    energy = jnp.einsum('bik,bjk->bij', flat32, flat32)
+    if energy is None:
+      energy = layer_energy(layers)
     energy = jnp.max(energy, axis=-1, keepdims=True) - energy
     attention = jax.nn.softmax(energy, axis=-1)
-    attended = jnp.einsum('bij,bjk->bik', attention.astype(self.dtype), flat.astype(self.dtype))
-    out = gamma.astype(self.dtype) * attended + flat.astype(self.dtype)
+    flat = layers.reshape(batch, num_layers, -1).astype(self.dtype)
+    attended = jnp.einsum('bij,bjk->bik', attention.astype(self.dtype), flat)
+    out = gamma.astype(self.dtype) * attended + flat
     out = out.reshape(batch, num_layers, height, width, channels)
     out = jnp.moveaxis(out, 1, 3).reshape(batch, height, width, num_layers * channels)
     return Conv(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name='fuse')(out)

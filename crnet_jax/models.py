@@ -36,6 +36,11 @@ class LMRG(nn.Module):
   u  = LAM(f_1..f_B)                # B*C -> C   (without layer attention: u = f_B)
   y' = x + MC_tail(u)               # C -> 3, identity activation (skip='previous': y + ...)
   ```
+  `mask` (batch, H, W, 1), 1 on real pixels, makes a padded image compute exactly what the
+  unpadded one does (`layers.apply_mask`); evaluation and inference pass it, training does not.
+  Tiled inference runs a pass in two parts: with `energy_mask` the call returns the layer
+  attention's energy over the masked pixels (summed over tiles it is the whole image's energy);
+  with `energy` the layer attention uses that energy instead of its own.
   """
   features: int = 32
   num_blocks: int = 5
@@ -49,22 +54,28 @@ class LMRG(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, y: Array,
-               state: layers.MemoryState) -> tuple[Array, layers.MemoryState]:
+  def __call__(self, x: Array, y: Array, state: layers.MemoryState, *,
+               mask: Array | None = None, energy: Array | None = None,
+               energy_mask: Array | None = None) -> tuple[Array, layers.MemoryState] | Array:
     common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    masked = lambda v: layers.apply_mask(v, mask)
     conv_cls = layers.MaskedConv if self.masked_conv else layers.PlainConv
-    inputs = jnp.concatenate([x, y], axis=-1).astype(self.dtype)
-    z = conv_cls(self.features, self.activation, fused=self.fused_masked_conv, **common,
-                 name='head')(inputs)
+    inputs = masked(jnp.concatenate([x, y], axis=-1).astype(self.dtype))
+    z = masked(conv_cls(self.features, self.activation, fused=self.fused_masked_conv, **common,
+                        name='head')(inputs))
     h, state = layers.MEMORY_MODULES[self.memory](self.features, **common, name='memory')(z, state)
+    h, state = masked(h), tuple(masked(s) for s in state)
     block_outputs = []
     for b in range(self.num_blocks):
       h = layers.MaskedResidualBlock(self.features, self.activation, masked=self.masked_conv,
-                                     fused=self.fused_masked_conv, **common, name=f'block_{b}')(h)
+                                     fused=self.fused_masked_conv, **common,
+                                     name=f'block_{b}')(h, mask)
       block_outputs.append(h)
+    if energy_mask is not None:
+      return layers.layer_energy(jnp.stack(block_outputs, axis=1), energy_mask)
     if self.layer_attention:
-      u = layers.LayerAttention(self.features, **common, name='layer_attention')(
-          jnp.stack(block_outputs, axis=1))
+      u = masked(layers.LayerAttention(self.features, **common, name='layer_attention')(
+          jnp.stack(block_outputs, axis=1), energy))
     else:
       u = h
     residual = conv_cls(x.shape[-1], 'identity', fused=self.fused_masked_conv, **common,
@@ -78,6 +89,8 @@ class CRNet(nn.Module):
 
   Returns `(final, intermediates)`: the last stage's image and the tuple of the N-1 earlier
   stages, all float32 and of the input's shape, not clipped (clip only for metrics and files).
+  `mask` (batch, H, W, 1), 1 on the real pixels of images padded at the bottom and right, makes
+  each padded image give exactly its unpadded result on the real pixels (`layers.apply_mask`).
   """
   features: int = 32
   num_groups: int = 4
@@ -93,21 +106,35 @@ class CRNet(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array) -> tuple[Array, tuple[Array, ...]]:
+  def __call__(self, x: Array, mask: Array | None = None) -> tuple[Array, tuple[Array, ...]]:
     x = x.astype(jnp.float32)
     y = x
     stages = []
     for i in range(self.num_groups):
-      group = LMRG(features=self.features, num_blocks=self.num_blocks,
-                   activation=self.activation, memory=self.memory, skip=self.skip,
-                   masked_conv=self.masked_conv, layer_attention=self.layer_attention,
-                   fused_masked_conv=self.fused_masked_conv, dtype=self.dtype,
-                   param_dtype=self.param_dtype, name=f'lmrg_{i}')
+      group = lmrg_of(self, name=f'lmrg_{i}')
       state = layers.zero_memory_state(x.astype(self.dtype), self.features)
       for _ in range(self.recurrences):
-        y, state = group(x, y, state)
+        y, state = group(x, y, state, mask=mask)
       stages.append(y)
     return stages[-1], tuple(stages[:-1])
+
+
+def lmrg_of(model: CRNet, name: str | None = None) -> LMRG:
+  """The LMRG that `model` builds for each group (apply it with `params['lmrg_<i>']`)."""
+  return LMRG(features=model.features, num_blocks=model.num_blocks, activation=model.activation,
+              memory=model.memory, skip=model.skip, masked_conv=model.masked_conv,
+              layer_attention=model.layer_attention, fused_masked_conv=model.fused_masked_conv,
+              dtype=model.dtype, param_dtype=model.param_dtype, name=name)
+
+
+def receptive_radius(model: CRNet) -> int:
+  """How many pixels away one LMRG pass looks: one per 3x3 conv on its longest path.
+
+  Head, memory (ConvLSTM 1, ConvGRU 2 convs in sequence), 2B block convs, fuse, tail: 14 for the
+  defaults. The layer attention's energy is global; tiled inference sums it over tiles.
+  """
+  memory = {'convlstm': 1, 'convgru': 2, 'none': 0}[model.memory]
+  return 1 + memory + 2 * model.num_blocks + int(model.layer_attention) + 1
 
 
 def _check_choice(key: str, value: Any, choices) -> None:

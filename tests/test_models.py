@@ -186,3 +186,26 @@ def test_bad_model_config_names_the_key(key, value):
   config[key] = value
   with pytest.raises(ValueError, match=f'model.{key}'):
     models.create_model(config)
+
+
+def test_pixel_mask_makes_padding_exact():
+  # Two images of different sizes in one zero-padded batch give their unpadded results.
+  config = tiny_model_config(features=4, recurrences=1)
+  model = models.create_model(config)
+  rng = np.random.default_rng(0)
+  images = [rng.random((13, 17, 3)).astype(np.float32), rng.random((20, 9, 3)).astype(np.float32)]
+  variables = jax.jit(model.init)(jax.random.key(0), images[0][None])
+  variables = {'params': jax.tree.map(lambda v: v * 3.0, with_nonzero_gamma(variables['params']))}
+  batch = np.zeros((2, 24, 24, 3), np.float32)
+  mask = np.zeros((2, 24, 24, 1), np.float32)
+  for i, image in enumerate(images):
+    batch[i, :image.shape[0], :image.shape[1]] = image
+    mask[i, :image.shape[0], :image.shape[1]] = 1
+  padded, padded_inter = jax.jit(model.apply)(variables, batch, mask)
+  unmasked, _ = jax.jit(model.apply)(variables, batch)
+  for i, image in enumerate(images):
+    h, w = image.shape[:2]
+    alone, alone_inter = jax.jit(model.apply)(variables, image[None])
+    np.testing.assert_allclose(padded[i, :h, :w], alone[0], atol=1e-5)
+    np.testing.assert_allclose(padded_inter[0][i, :h, :w], alone_inter[0][0], atol=1e-5)
+    assert float(jnp.max(jnp.abs(unmasked[i, :h, :w] - alone[0]))) > 1e-4  # the mask matters
