@@ -64,14 +64,52 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.label_fraction = 1.0  # fraction of the paired train images that keep labels
   config.data.eval_batch_size = 4
   config.data.num_workers = 0  # grain worker processes (0 = load in the main process)
-  config.data.seed = 0
+  config.data.read_threads = 2  # grain reader threads per process (main or worker)
+  # Keep decoded training images in memory (per process) when they fit in this many MiB, so that
+  # after the first epoch patches are cut without decoding (0 = never cache).
+  config.data.cache_mb = 4096
+  config.data.seed = 0  # shuffles, crops, label split, test split, synthetic degradation
+  # Where the built TFDS datasets are cached ('' = ~/.cache/crnet_jax/tfds).
+  config.data.data_dir = ''
+  # dataset='lol': the manual download folder and the variant ('v1' | 'v2_real' | 'v2_synthetic').
+  config.data.lol_dir = ''
+  config.data.lol_variant = 'v1'
+  # dataset='paired_folders': low/high folders matched by file name; test pairs from the test
+  # folders, or (when those are '') a seeded `test_fraction` of the pairs.
+  config.data.low_dir = ''
+  config.data.high_dir = ''
+  config.data.test_low_dir = ''
+  config.data.test_high_dir = ''
+  config.data.test_fraction = 0.1  # paired_folders / synthetic_pairs without test folders
+  # dataset='synthetic_pairs': a folder of clean photos, darkened by `config.data.synthetic`.
+  config.data.photos_dir = ''
+  # Extra folders of unlabeled low-light images joining the MCMT pool, e.g.
+  # --config.data.unlabeled_dirs="('/data/dark1', '/data/dark2')".
+  config.data.unlabeled_dirs = ()
+  config.data.eval_pad_multiple = 8  # eval images are zero-padded to a multiple of this
+
+  # The seeded degradation of synthetic pairs (crnet_jax/datasets/degrade.py documents each
+  # step); the defaults match the mean brightness of LOL's low-light images (docs/data.md).
+  config.data.synthetic = ml_collections.ConfigDict()
+  config.data.synthetic.exposure_min = 0.025  # linear-luminance gain range
+  config.data.synthetic.exposure_max = 0.07
+  config.data.synthetic.gamma_min = 1.1  # luminance exponent range (> 1 darkens mid-tones)
+  config.data.synthetic.gamma_max = 1.5
+  config.data.synthetic.shot_noise_min = 1e-4  # signal-dependent noise variance per unit
+  config.data.synthetic.shot_noise_max = 1e-3
+  config.data.synthetic.read_noise_min = 5e-4  # signal-independent noise std
+  config.data.synthetic.read_noise_max = 2e-3
+  config.data.synthetic.color_cast = 0.05  # max relative per-channel gain deviation
+  config.data.synthetic.max_side = 600  # photos are downscaled to this longer side (0 = keep)
 
   config.seed = 0
-  config.num_epochs = 100
+  config.num_epochs = 100  # epochs convert to steps with input_pipeline.steps_per_epoch
+  config.num_train_steps = -1  # > 0 overrides num_epochs (short test runs); -1 = from epochs
   config.learning_rate = 5e-4
   config.lr_decay_epochs = (20, 40, 60, 90)  # the learning rate is halved at each
   config.lr_decay_factor = 0.5
-  config.eval_every_epochs = 10
+  config.eval_every_epochs = 10  # may be fractional; 0 = only at the end
+  config.num_eval_images = 3  # test images shown in TensorBoard (low | enhanced | high)
   config.checkpoint_every_steps = 1000
   config.max_to_keep = 3
   config.log_every_steps = 50

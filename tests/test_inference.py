@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import functools
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -21,6 +23,11 @@ from crnet_jax import image_io
 from crnet_jax import inference
 from crnet_jax import models
 
+def init(model, seed):
+  """`{'params': ...}` of `model`, drawn the fast way (`models.init_params`, jitted)."""
+  return {'params': jax.jit(functools.partial(models.init_params, model))(jax.random.key(seed))}
+
+
 
 @pytest.fixture(scope='module')
 def tiny():
@@ -28,7 +35,7 @@ def tiny():
   config = default.get_model_config()
   config.update(features=4, num_groups=2, recurrences=1, num_blocks=2)
   model = models.create_model(config)
-  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))['params']
+  params = init(model, 0)['params']
   flat = flax.traverse_util.flatten_dict(params, sep='/')
   flat = {k: (jnp.full_like(v, 0.5) if k.endswith('gamma') else v * 3.0) for k, v in flat.items()}
   return model, flax.traverse_util.unflatten_dict(flat, sep='/'), config
@@ -59,7 +66,7 @@ def test_tiled_equals_whole_image(tiny, overrides):
   model, params, _ = tiny
   if overrides:
     model = model.clone(**overrides)
-    params = jax.jit(model.init)(jax.random.key(1), jnp.zeros((1, 8, 8, 3)))['params']
+    params = init(model, 1)['params']
     params = jax.tree.map(lambda v: v * 3.0, params)
   rng = np.random.default_rng(0)
   image = (rng.random((150, 203, 3)) * np.linspace(0.05, 0.4, 203)[None, :, None])

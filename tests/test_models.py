@@ -1,5 +1,7 @@
 """CRNet and its layers: structure, parameter count, numerics against direct numpy formulas."""
 
+import functools
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -9,6 +11,11 @@ import pytest
 from configs import default
 from crnet_jax import layers
 from crnet_jax import models
+
+def init(model, seed):
+  """`{'params': ...}` of `model`, drawn the fast way (`models.init_params`, jitted)."""
+  return {'params': jax.jit(functools.partial(models.init_params, model))(jax.random.key(seed))}
+
 
 
 def tiny_model_config(**overrides):
@@ -71,7 +78,7 @@ def test_layer_attention_gamma_starts_at_zero_and_jit_agrees():
   config = tiny_model_config(features=4, recurrences=1, num_blocks=2)
   model = models.create_model(config)
   x = jax.random.uniform(jax.random.key(1), (1, 8, 8, 3))
-  variables = jax.jit(model.init)(jax.random.key(0), x)
+  variables = init(model, 0)
   flat = flax.traverse_util.flatten_dict(variables['params'], sep='/')
   gammas = {k: v for k, v in flat.items() if k.endswith('layer_attention/gamma')}
   assert len(gammas) == config.num_groups
@@ -93,7 +100,7 @@ def test_fused_masked_conv_matches_two_convs():
   x = jax.random.uniform(jax.random.key(1), (2, 12, 16, 3))
   fused = models.create_model(tiny_model_config(fused_masked_conv=True))
   plain = models.create_model(tiny_model_config(fused_masked_conv=False))
-  variables = fused.init(jax.random.key(0), x)
+  variables = init(fused, 0)
   variables = {'params': with_nonzero_gamma(variables['params'])}
   a, _ = jax.jit(fused.apply)(variables, x)
   b, _ = jax.jit(plain.apply)(variables, x)  # same parameter tree
@@ -165,7 +172,7 @@ def test_bfloat16_compute_is_close_to_float32():
   config = tiny_model_config()
   x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3)) * 0.3
   f32 = models.create_model(config)
-  variables = f32.init(jax.random.key(0), x)
+  variables = init(f32, 0)
   variables = {'params': with_nonzero_gamma(variables['params'], 0.5)}
   bf16 = models.create_model(tiny_model_config(dtype='bfloat16'))
   out32, _ = jax.jit(f32.apply)(variables, x)
@@ -194,7 +201,7 @@ def test_pixel_mask_makes_padding_exact():
   model = models.create_model(config)
   rng = np.random.default_rng(0)
   images = [rng.random((13, 17, 3)).astype(np.float32), rng.random((20, 9, 3)).astype(np.float32)]
-  variables = jax.jit(model.init)(jax.random.key(0), images[0][None])
+  variables = init(model, 0)
   variables = {'params': jax.tree.map(lambda v: v * 3.0, with_nonzero_gamma(variables['params']))}
   batch = np.zeros((2, 24, 24, 3), np.float32)
   mask = np.zeros((2, 24, 24, 1), np.float32)

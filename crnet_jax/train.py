@@ -1,0 +1,724 @@
+"""Training and evaluation of CRNet (supervised) and MCMT (semi-supervised mean teacher).
+
+`train_and_evaluate(config, workdir)` runs a whole experiment:
+
+- Data: `input_pipeline.create_train_iterator` (process-local numpy batches, turned into global
+  arrays sharded on the mesh axis 'data') and `input_pipeline.create_eval_dataset(config, 'test')`.
+- State: `TrainState` (step, params, teacher_params, opt_state, rng), replicated on a 1-D mesh
+  of all devices; the batch is sharded over the devices. The steps are `jax.jit`ted with the
+  state donated. No pmap: the same code runs on one device, many devices and many hosts.
+- Optimizer: Adam (default betas), learning rate `config.learning_rate`, multiplied by
+  `config.lr_decay_factor` at each of `config.lr_decay_epochs` (paper: 5e-4 halved at epochs 20,
+  40, 60, 90 of 100).
+- Supervised step: L_PE = L_E + beta * L_ms of the student on the labeled batch.
+- MCMT step: the student runs once on concat(labeled, unlabeled); the teacher, outside the
+  gradient, on the same batch with Gaussian noise (std `mcmt.noise_std`, clipped to [0, 1]);
+  L_SSL = L_PE(labeled) + lam * (L_C + gamma * L_mc); after the Adam update the teacher becomes
+  `optax.incremental_update(student, teacher, 1 - ema_decay)`. Optional (off in the paper): a
+  sigmoid ramp-up of lam over `mcmt.rampup_epochs` and the EMA warm-up
+  `min(ema_decay, 1 - 1 / (step + 1))`.
+- Evaluation every `eval_every_epochs` epochs and at the end: PSNR and SSIM on whole test images
+  (outputs clipped to [0, 1], padding excluded), of the student and, for MCMT, of the teacher;
+  the input's own PSNR/SSIM (identity) is reported for reference.
+- Checkpoints (`checkpointing.py`): the latest ones in `workdir/checkpoints` (state + data
+  iterator state), the best by the student's test PSNR in `workdir/best`. The paper's numbers are
+  the student's, so the best checkpoint is chosen by the student for both methods (the teacher's
+  parameters are saved with it). A rerun with the same workdir resumes by itself.
+- Logs: TensorBoard (`workdir/tensorboard`: scalars and low | enhanced | high images),
+  `workdir/metrics.jsonl` (one JSON object per log/eval event), `workdir/config.json`.
+- A non-finite loss (or gradient norm) stops the run with `NonFiniteLossError`, naming the step
+  and the loss terms; a state that produced it is never saved.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import json
+import logging as std_logging
+import math
+import os
+import time
+from typing import Any, Callable, Iterable, Mapping
+
+from absl import logging
+from clu import metrics as clu_metrics
+from clu import parameter_overview
+import flax
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import ml_collections
+import numpy as np
+import optax
+
+from crnet_jax import checkpointing
+from crnet_jax import input_pipeline
+from crnet_jax import losses
+from crnet_jax import models
+
+Array = jax.Array
+PyTree = Any
+METHODS = ('supervised', 'mcmt')
+DATA_AXIS = 'data'
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or the gradient norm of a training step is NaN or infinite."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training run carries from step to step (all arrays: checkpointable).
+
+  Attributes:
+    step: int32 scalar, the number of optimizer updates done.
+    params: the student's parameters (the `'params'` collection of `CRNet`).
+    teacher_params: the mean teacher's parameters (MCMT), or None (supervised).
+    opt_state: Adam's state for `params`.
+    rng: a raw uint32 PRNG key; the teacher's input noise of step s uses `fold_in(rng, s)`.
+  """
+  step: Array
+  params: PyTree
+  teacher_params: PyTree | None
+  opt_state: optax.OptState
+  rng: Array
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """The hyperparameters the jitted steps close over (hashable, so compiled steps are reused).
+
+  Built by `StepConfig.from_config`; the epoch-based settings are converted to steps there.
+  """
+  method: str = 'supervised'
+  beta: float = 1.0
+  gamma: float = 1.0
+  lam: float = 1.0
+  ema_decay: float = 0.99
+  ema_warmup: bool = False
+  noise_std: float = 0.02
+  rampup_steps: int = 0
+  learning_rate: float = 5e-4
+  lr_boundaries: tuple[tuple[int, float], ...] = ()  # (step, scale) pairs, sorted
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, steps_per_epoch: int) -> 'StepConfig':
+    return cls(
+        method=config.method,
+        beta=float(config.loss.beta),
+        gamma=float(config.loss.gamma),
+        lam=float(config.loss.lam),
+        ema_decay=float(config.mcmt.ema_decay),
+        ema_warmup=bool(config.mcmt.ema_warmup),
+        noise_std=float(config.mcmt.noise_std),
+        rampup_steps=int(round(float(config.mcmt.rampup_epochs) * steps_per_epoch)),
+        learning_rate=float(config.learning_rate),
+        lr_boundaries=lr_boundaries(config, steps_per_epoch))
+
+
+# ------------------------------------------------------------------------------------------------
+# Config.
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+  """Raises ValueError naming the first bad key of `config` (checked before anything runs)."""
+  num_devices = jax.device_count() if num_devices is None else num_devices
+
+  def is_int(v):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+  def is_num(v):
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+  def need(ok: bool, msg: str):
+    if not ok:
+      raise ValueError(msg)
+
+  need(config.method in METHODS, f"method must be 'supervised' or 'mcmt', got {config.method!r}")
+  d = config.data
+  keys = ['batch_size'] + (['unlabeled_batch_size'] if config.method == 'mcmt' else [])
+  for key in keys:
+    v = d[key]
+    need(is_int(v) and v > 0 and v % num_devices == 0,
+         f'data.{key} must be a positive multiple of the number of devices ({num_devices}), '
+         f'got {v!r}')
+  need(is_num(d.label_fraction) and 0.0 < d.label_fraction <= 1.0,
+       f'data.label_fraction must be in (0, 1], got {d.label_fraction!r}')
+  for key in ('patch_size', 'patches_per_image', 'eval_batch_size'):
+    need(is_int(d[key]) and d[key] > 0, f'data.{key} must be a positive integer, got {d[key]!r}')
+  need(is_num(config.num_epochs) and config.num_epochs > 0,
+       f'num_epochs must be positive, got {config.num_epochs!r}')
+  n = config.get('num_train_steps', -1)
+  need(is_int(n) and (n > 0 or n == -1),
+       f'num_train_steps must be a positive integer or -1 (from num_epochs), got {n!r}')
+  need(is_num(config.learning_rate) and config.learning_rate > 0,
+       f'learning_rate must be positive, got {config.learning_rate!r}')
+  need(is_num(config.lr_decay_factor) and config.lr_decay_factor > 0,
+       f'lr_decay_factor must be positive, got {config.lr_decay_factor!r}')
+  epochs = config.lr_decay_epochs
+  need(isinstance(epochs, (tuple, list)) and all(is_num(e) and e >= 0 for e in epochs),
+       f'lr_decay_epochs must be a sequence of non-negative epochs, got {epochs!r}')
+  for key in ('beta', 'gamma', 'lam'):
+    v = config.loss[key]
+    need(is_num(v) and v >= 0 and math.isfinite(v),
+         f'loss.{key} must be a non-negative number, got {v!r}')
+  m = config.mcmt
+  need(is_num(m.ema_decay) and 0.0 <= m.ema_decay < 1.0,
+       f'mcmt.ema_decay must be in [0, 1), got {m.ema_decay!r}')
+  need(is_num(m.noise_std) and m.noise_std >= 0,
+       f'mcmt.noise_std must be non-negative, got {m.noise_std!r}')
+  need(is_num(m.rampup_epochs) and m.rampup_epochs >= 0,
+       f'mcmt.rampup_epochs must be non-negative (0 = off), got {m.rampup_epochs!r}')
+  need(isinstance(m.ema_warmup, bool), f'mcmt.ema_warmup must be a bool, got {m.ema_warmup!r}')
+  need(is_num(config.eval_every_epochs) and config.eval_every_epochs >= 0,
+       f'eval_every_epochs must be non-negative (0 = only at the end), got '
+       f'{config.eval_every_epochs!r}')
+  for key in ('checkpoint_every_steps', 'max_to_keep', 'log_every_steps'):
+    need(is_int(config[key]) and config[key] > 0,
+         f'{key} must be a positive integer, got {config[key]!r}')
+  k = config.get('num_eval_images', 0)
+  need(is_int(k) and k >= 0, f'num_eval_images must be a non-negative integer, got {k!r}')
+  models.create_model(config.model)  # checks every model field
+
+
+def num_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  """`config.num_train_steps` if positive, else `num_epochs * steps_per_epoch` (at least 1)."""
+  n = int(config.get('num_train_steps', -1))
+  if n > 0:
+    return n
+  return max(1, int(round(float(config.num_epochs) * steps_per_epoch)))
+
+
+def lr_boundaries(config: ml_collections.ConfigDict,
+                  steps_per_epoch: int) -> tuple[tuple[int, float], ...]:
+  """`((step, scale), ...)`: the learning rate is multiplied by `scale` from `step` on."""
+  scales: dict[int, float] = {}
+  for epoch in config.lr_decay_epochs:
+    step = int(round(float(epoch) * steps_per_epoch))
+    scales[step] = scales.get(step, 1.0) * float(config.lr_decay_factor)
+  return tuple(sorted(scales.items()))
+
+
+def learning_rate_schedule(hp: StepConfig) -> optax.Schedule:
+  """Piecewise constant: `learning_rate`, scaled at each boundary (update count >= step)."""
+  return optax.piecewise_constant_schedule(hp.learning_rate, dict(hp.lr_boundaries))
+
+
+def create_learning_rate_schedule(config: ml_collections.ConfigDict,
+                                  steps_per_epoch: int) -> optax.Schedule:
+  """The learning rate as a function of the update count, from `config` (paper: 5e-4, halved
+  at epochs 20, 40, 60 and 90)."""
+  return learning_rate_schedule(StepConfig.from_config(config, steps_per_epoch))
+
+
+def create_optimizer(hp: StepConfig) -> optax.GradientTransformation:
+  """Adam with the default betas and the piecewise constant learning rate."""
+  return optax.adam(learning_rate_schedule(hp))
+
+
+def consistency_weight(hp: StepConfig, step: Array) -> Array:
+  """lam at update count `step`: constant, or `lam * exp(-5 (1 - t)^2)`, t = step / rampup."""
+  if hp.rampup_steps <= 0:
+    return jnp.asarray(hp.lam, jnp.float32)
+  t = jnp.clip(step.astype(jnp.float32) / hp.rampup_steps, 0.0, 1.0)
+  return hp.lam * jnp.exp(-5.0 * jnp.square(1.0 - t))
+
+
+def ema_decay(hp: StepConfig, step: Array) -> Array:
+  """The teacher's decay for the update that makes the count `step` (1 for the first update):
+  `ema_decay`, or with the warm-up `min(ema_decay, 1 - 1 / (step + 1))`."""
+  if not hp.ema_warmup:
+    return jnp.asarray(hp.ema_decay, jnp.float32)
+  return jnp.minimum(hp.ema_decay, 1.0 - 1.0 / (step.astype(jnp.float32) + 1.0))
+
+
+# ------------------------------------------------------------------------------------------------
+# State and steps.
+
+
+def create_mesh(devices: Iterable[jax.Device] | None = None) -> jax.sharding.Mesh:
+  """A 1-D mesh over all devices (of all processes), axis 'data', auto sharding."""
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.sharding.Mesh(np.asarray(devices), (DATA_AXIS,),
+                           axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def create_train_state(model: models.CRNet, tx: optax.GradientTransformation, rng: Array,
+                       method: str, params_fn: Callable[[Array], PyTree] | None = None
+                       ) -> TrainState:
+  """A fresh state: the teacher (MCMT) starts as a copy of the student.
+
+  Args:
+    model: the CRNet to train.
+    tx: the optimizer (`create_optimizer`).
+    rng: a raw PRNG key (`jax.random.PRNGKey(config.seed)`), split into the init key and the
+      state's key.
+    method: 'supervised' (no teacher) or 'mcmt'.
+    params_fn: init key -> params (default `models.init_params(model, key)`); e.g. a jitted version.
+  """
+  init_rng, state_rng = jax.random.split(rng)
+  params = params_fn(init_rng) if params_fn else models.init_params(model, init_rng)
+  teacher = jax.tree.map(jnp.copy, params) if method == 'mcmt' else None
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, teacher_params=teacher,
+                    opt_state=tx.init(params), rng=state_rng)
+
+
+def _apply_gradients(state: TrainState, grads: PyTree, tx: optax.GradientTransformation,
+                     hp: StepConfig) -> tuple[PyTree, optax.OptState, dict[str, Array]]:
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  info = {'learning_rate': jnp.asarray(learning_rate_schedule(hp)(state.step), jnp.float32),
+          'grad_norm': optax.tree.norm(grads)}
+  return params, opt_state, info
+
+
+def supervised_step(state: TrainState, batch: Mapping[str, Array], *, model: models.CRNet,
+                    tx: optax.GradientTransformation,
+                    hp: StepConfig) -> tuple[TrainState, dict[str, Array]]:
+  """One Adam update of L_PE = L_E + beta * L_ms on `batch['low']` -> `batch['high']`."""
+
+  def loss_fn(params):
+    final, intermediates = model.apply({'params': params}, batch['low'])
+    return losses.progressive_enhancement_loss(final, intermediates, batch['high'], hp.beta)
+
+  (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  params, opt_state, info = _apply_gradients(state, grads, tx, hp)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  return new_state, {'loss': loss, **terms, **info}
+
+
+def teacher_input(state: TrainState, x: Array, noise_std: float) -> Array:
+  """`clip(x + noise_std * N(0, 1), 0, 1)` with noise from `fold_in(state.rng, state.step)`."""
+  if noise_std == 0:
+    return x
+  rng = jax.random.fold_in(state.rng, state.step)
+  noise = jax.random.normal(rng, x.shape, jnp.float32)
+  return jnp.clip(x + noise_std * noise, 0.0, 1.0)
+
+
+def mcmt_step(state: TrainState, batch: Mapping[str, Array], *, model: models.CRNet,
+              tx: optax.GradientTransformation,
+              hp: StepConfig) -> tuple[TrainState, dict[str, Array]]:
+  """One MCMT update: L_SSL of the student, then the teacher's EMA of the new student.
+
+  The student sees concat(batch['low'], batch['unlabeled']) once; the teacher sees the noisy
+  version of the same batch, outside the gradient (its outputs are constants).
+  """
+  x = jnp.concatenate([batch['low'], batch['unlabeled']], axis=0)
+  teacher_final, teacher_intermediates = jax.lax.stop_gradient(
+      model.apply({'params': state.teacher_params}, teacher_input(state, x, hp.noise_std)))
+  lam = consistency_weight(hp, state.step)
+
+  def loss_fn(params):
+    final, intermediates = model.apply({'params': params}, x)
+    return losses.semi_supervised_loss(final, intermediates, teacher_final,
+                                       teacher_intermediates, batch['high'], beta=hp.beta,
+                                       gamma=hp.gamma, lam=lam)
+
+  (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  params, opt_state, info = _apply_gradients(state, grads, tx, hp)
+  step = state.step + 1
+  decay = ema_decay(hp, step)
+  teacher = optax.incremental_update(params, state.teacher_params, 1.0 - decay)
+  new_state = state.replace(step=step, params=params, teacher_params=teacher,
+                            opt_state=opt_state)
+  return new_state, {'loss': loss, **terms, **info, 'lam': lam, 'ema_decay': decay}
+
+
+STEP_FUNCTIONS: dict[str, Callable[..., tuple[TrainState, dict[str, Array]]]] = {
+    'supervised': supervised_step, 'mcmt': mcmt_step}
+
+
+def eval_step(model: models.CRNet, params: PyTree, teacher_params: PyTree | None,
+              batch: Mapping[str, Array]) -> tuple[dict[str, Array], dict[str, Array]]:
+  """Per-image metrics and outputs of one evaluation batch.
+
+  Returns:
+    ({'input_psnr', 'input_ssim', 'student_psnr', 'student_ssim'[, 'teacher_psnr',
+    'teacher_ssim']}: (n,) PSNR/SSIM on the real pixels (`batch['mask']`), and
+    {'student'[, 'teacher']}: the outputs clipped to [0, 1]). The input's metrics are those of
+    the identity (the low-light image itself).
+  """
+  high, mask = batch['high'], batch['mask']
+  low = jnp.clip(batch['low'], 0.0, 1.0)
+  metrics = {'input_psnr': losses.psnr(low, high, mask=mask),
+             'input_ssim': losses.ssim(low, high, mask=mask)}
+  outputs = {}
+  for name, p in (('student', params), ('teacher', teacher_params)):
+    if p is None:
+      continue
+    outputs[name] = enhance(model, p, batch['low'], mask)
+    metrics[f'{name}_psnr'] = losses.psnr(outputs[name], high, mask=mask)
+    metrics[f'{name}_ssim'] = losses.ssim(outputs[name], high, mask=mask)
+  return metrics, outputs
+
+
+def enhance(model: models.CRNet, params: PyTree, low: Array, mask: Array | None = None) -> Array:
+  """The network's final output, clipped to [0, 1].
+
+  With the pixel `mask` of a padded batch, each image's output on its real pixels is exactly its
+  unpadded output (padding and the other images in the batch change nothing).
+  """
+  return jnp.clip(model.apply({'params': params}, low, mask)[0], 0.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Functions:
+  """The jitted functions of a run (see `compiled_functions`)."""
+  mesh: jax.sharding.Mesh
+  tx: optax.GradientTransformation
+  init: Callable[[Array], TrainState]  # PRNG key -> replicated fresh state
+  train_step: Callable[[TrainState, Mapping[str, Array]], tuple[TrainState, dict[str, Array]]]
+  # (params, teacher_params, batch) -> (per-image metrics, clipped outputs), replicated.
+  eval_step: Callable[..., tuple[dict[str, Array], dict[str, Array]]]
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+  @property
+  def data_sharding(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P(DATA_AXIS))
+
+
+@functools.lru_cache(maxsize=16)
+def compiled_functions(model: models.CRNet, hp: StepConfig, mesh: jax.sharding.Mesh) -> Functions:
+  """The jitted init, train step and eval step of (model, hp) on `mesh`.
+
+  The state is replicated (`P()`), batches are sharded on the mesh's 'data' axis, the state is
+  donated to the train step. Cached on (model, hp, mesh), so runs with the same settings in one
+  process (tests, sweeps) compile each function once.
+  """
+  tx = create_optimizer(hp)
+  rep = NamedSharding(mesh, P())
+  data = NamedSharding(mesh, P(DATA_AXIS))
+  params_fn = _compiled_init_params(model, mesh)
+
+  def seed_init(key: Array) -> TrainState:
+    state = create_train_state(model, tx, key, hp.method, params_fn)
+    return jax.device_put(state, rep)
+
+  step_fn = functools.partial(STEP_FUNCTIONS[hp.method], model=model, tx=tx, hp=hp)
+  train_step = jax.jit(step_fn, in_shardings=(rep, data), out_shardings=(rep, rep),
+                       donate_argnums=(0,))
+  return Functions(mesh=mesh, tx=tx, init=seed_init, train_step=train_step,
+                   eval_step=_compiled_eval_step(model, mesh))
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_init_params(model: models.CRNet,
+                          mesh: jax.sharding.Mesh) -> Callable[[Array], PyTree]:
+  return jax.jit(functools.partial(models.init_params, model),
+                 out_shardings=NamedSharding(mesh, P()))
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_eval_step(model: models.CRNet, mesh: jax.sharding.Mesh) -> Callable[..., Any]:
+  rep = NamedSharding(mesh, P())
+  data = NamedSharding(mesh, P(DATA_AXIS))
+  return jax.jit(functools.partial(eval_step, model), in_shardings=(rep, rep, data),
+                 out_shardings=rep)
+
+
+# ------------------------------------------------------------------------------------------------
+# Host-side helpers.
+
+
+def global_batch(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[str, Array]:
+  """Process-local numpy arrays -> global arrays sharded on the batch axis (any host count)."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}
+
+
+def _replicated_global(x: np.ndarray, sharding: NamedSharding) -> Array:
+  """A global array from data every process holds whole (evaluation batches)."""
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def _pad_to_multiple(x: np.ndarray, multiple: int) -> np.ndarray:
+  extra = -len(x) % multiple
+  if not extra:
+    return x
+  return np.concatenate([x, np.zeros((extra,) + x.shape[1:], x.dtype)])
+
+
+def evaluate(fns: Functions, params: PyTree, teacher_params: PyTree | None,
+             eval_ds: Iterable[Mapping[str, np.ndarray]], num_images: int = 0
+             ) -> tuple[dict[str, float], list[dict[str, np.ndarray]]]:
+  """Mean PSNR/SSIM over the real images of `eval_ds`, and up to `num_images` example images.
+
+  Every metric is computed per image on its real pixels (`mask`), then summed with the `valid`
+  flags and divided by the number of valid images, so padded batches change nothing.
+
+  Returns:
+    ({'student_psnr', 'student_ssim', ['teacher_psnr', 'teacher_ssim'], 'input_psnr',
+    'input_ssim', 'num_images'}, [{'name', 'low', 'student', ['teacher'], 'high'}, ...]) with the
+    images cropped to their real size.
+  """
+  num_devices = fns.mesh.size
+  sums: dict[str, float] = collections.defaultdict(float)
+  count = 0
+  examples: list[dict[str, np.ndarray]] = []
+  for batch in eval_ds:
+    valid = np.asarray(batch['valid'], bool)
+    n = len(valid)
+    arrays = {k: _replicated_global(_pad_to_multiple(np.asarray(batch[k], np.float32),
+                                                     num_devices), fns.data_sharding)
+              for k in ('low', 'high', 'mask')}
+    per_image, outputs = fns.eval_step(params, teacher_params, arrays)
+    for key, values in jax.device_get(per_image).items():
+      values = np.asarray(values, np.float64)[:n]
+      sums[key] += float(np.sum(np.where(valid, values, 0.0)))
+    count += int(valid.sum())
+    if len(examples) < num_images and valid.any():
+      outputs = jax.device_get(outputs)
+      for j in np.flatnonzero(valid)[:num_images - len(examples)]:
+        h, w = int(batch['height'][j]), int(batch['width'][j])
+        example = {'name': str(batch['name'][j]), 'low': np.asarray(batch['low'][j, :h, :w]),
+                   'high': np.asarray(batch['high'][j, :h, :w])}
+        for key, out in outputs.items():
+          example[key] = np.asarray(out[j, :h, :w])
+        examples.append(example)
+  if count == 0:
+    raise ValueError('the evaluation set has no valid image')
+  results = {k: v / count for k, v in sums.items()}
+  results['num_images'] = count
+  return results, examples
+
+
+def _check_finite(step: int, step_metrics: Mapping[str, Array],
+                  last_checkpoint: Callable[[], str]) -> None:
+  """Raises NonFiniteLossError if the loss or the gradient norm of `step` is not finite.
+
+  `last_checkpoint()` (called only on failure) describes the checkpoint a rerun resumes from.
+  """
+  loss, grad_norm = jax.device_get((step_metrics['loss'], step_metrics['grad_norm']))
+  if np.isfinite(loss) and np.isfinite(grad_norm):
+    return
+  values = jax.device_get(dict(step_metrics))
+  terms = ', '.join(f'{k}={float(v):.6g}' for k, v in sorted(values.items()))
+  raise NonFiniteLossError(
+      f'Non-finite loss at step {step}: {terms}. Training stopped; this state was not saved, '
+      f'{last_checkpoint()}.')
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = max(0, int(round(seconds)))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}h{m:02d}m{s:02d}s' if h else (f'{m}m{s:02d}s' if m else f'{s}s')
+
+
+class _Writer:
+  """TensorBoard (tensorboardX) and `metrics.jsonl`, on process 0 only."""
+
+  def __init__(self, workdir: str, enabled: bool):
+    self.enabled = enabled
+    self._tb = None
+    self._jsonl = os.path.join(workdir, 'metrics.jsonl')
+    if enabled:
+      import tensorboardX  # pylint: disable=g-import-not-at-top
+      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def scalars(self, step: int, prefix: str, values: Mapping[str, float], **extra) -> None:
+    if not self.enabled:
+      return
+    for key, value in values.items():
+      self._tb.add_scalar(f'{prefix}/{key}', float(value), step)
+    record = {'step': int(step), 'split': prefix, **extra,
+              **{k: float(v) for k, v in values.items()}}
+    with open(self._jsonl, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+
+  def images(self, step: int, examples: list[dict[str, np.ndarray]]) -> None:
+    """One image per example and model: low | enhanced | high side by side."""
+    if not self.enabled:
+      return
+    for i, ex in enumerate(examples):
+      for model_name in ('student', 'teacher'):
+        if model_name in ex:
+          triplet = np.concatenate([ex['low'], ex[model_name], ex['high']], axis=1)
+          self._tb.add_image(f'test_{model_name}/{i}_{ex["name"]}',
+                             np.clip(triplet, 0.0, 1.0), step, dataformats='HWC')
+
+  def flush(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+class _QuietOrbax:
+  """absl log filter: keeps only orbax's warnings and errors (its INFO lines flood the log)."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= std_logging.WARNING or (
+        f'{os.sep}orbax{os.sep}' not in str(getattr(record, 'pathname', '')))
+
+
+_QUIET_ORBAX = _QuietOrbax()
+
+
+def quiet_orbax_logs() -> None:
+  """Installs the `_QuietOrbax` filter once on absl's logger."""
+  logger = logging.get_absl_logger()
+  if _QUIET_ORBAX not in logger.filters:
+    logger.addFilter(_QUIET_ORBAX)
+
+
+def _metric_collection(names: Iterable[str]) -> type[clu_metrics.Collection]:
+  return clu_metrics.Collection.create(
+      **{name: clu_metrics.Average.from_output(name) for name in names})
+
+
+# ------------------------------------------------------------------------------------------------
+# The experiment.
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (resuming from `workdir/checkpoints` if there is a checkpoint) and evaluates.
+
+  Args:
+    config: the run config (`configs/default.py` documents every field).
+    workdir: where checkpoints, TensorBoard logs, metrics.jsonl and config.json go.
+
+  Returns:
+    The final evaluation metrics (`evaluate`'s dict, plus 'step'), or {'step': ...} when the
+    dataset has no test split.
+
+  Raises:
+    ValueError: a bad config value (named in the message).
+    NonFiniteLossError: the loss became NaN or infinite (the step and its terms are named).
+  """
+  validate_config(config)
+  quiet_orbax_logs()
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+
+  summary = input_pipeline.dataset_summary(config)
+  logging.info('Dataset: %s', summary['description'])
+  spe = int(input_pipeline.steps_per_epoch(config))
+  total_steps = num_train_steps(config, spe)
+  mcmt = config.method == 'mcmt'
+  patches_per_step = config.data.batch_size + (config.data.unlabeled_batch_size if mcmt else 0)
+  logging.info('Method %s: %d steps (%d per epoch, %.4g epochs), %d patches of %dx%d per step.',
+               config.method, total_steps, spe, total_steps / spe, patches_per_step,
+               config.data.patch_size, config.data.patch_size)
+  mesh = create_mesh()
+  model = models.create_model(config.model)
+  hp = StepConfig.from_config(config, spe)
+  fns = compiled_functions(model, hp, mesh)
+  t0 = time.time()
+  state = fns.init(jax.random.PRNGKey(config.seed))
+  logging.info('Initialised the state in %.1f s. Parameters (student; the teacher is a copy):\n'
+               '%s', time.time() - t0,
+               parameter_overview.get_parameter_overview(jax.device_get(state.params)))
+
+  train_iter = input_pipeline.create_train_iterator(
+      config, process_index=jax.process_index(), process_count=jax.process_count())
+  latest = checkpointing.latest_manager(workdir, config.max_to_keep)
+  best = checkpointing.best_manager(workdir)
+  writer = _Writer(workdir, is_main)
+  try:
+    if latest.latest_step() is not None:
+      try:
+        state, data_state, restored_step = checkpointing.restore_latest(
+            latest, checkpointing.abstract_like(state))
+      except Exception as e:  # orbax raises several types on a structure or shape mismatch
+        raise ValueError(
+            f'Cannot resume from the checkpoint of step {latest.latest_step()} in '
+            f'{latest.directory}: it does not match this config (a different method or model?). '
+            f'Use a new --workdir, or the config the run was started with '
+            f'({os.path.join(workdir, "config.json")}). Cause: {e}') from e
+      train_iter.set_state(data_state)
+      logging.info('Resumed from the checkpoint of step %d in %s.', restored_step,
+                   latest.directory)
+    start_step = int(jax.device_get(state.step))
+    if is_main:  # after a successful restore: a mismatching config leaves the old one in place
+      with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+    if start_step >= total_steps:
+      logging.info('Already trained for %d steps (asked for %d): evaluating only.', start_step,
+                   total_steps)
+
+    eval_ds = input_pipeline.create_eval_dataset(config, 'test') if summary['test'] else None
+    if eval_ds is None:
+      logging.warning('The dataset has no test split: no evaluation.')
+    eval_every = int(round(float(config.eval_every_epochs) * spe))
+    num_images = int(config.get('num_eval_images', 3))
+    collection_cls, collection = None, None
+    pending = None  # (step, metrics) of the last step, checked one step later (no stall)
+    final_metrics: dict[str, Any] = {'step': start_step}
+    last_log_time, last_log_step = time.time(), start_step
+
+    def last_checkpoint() -> str:
+      latest.wait_until_finished()
+      s = latest.latest_step()
+      return (f'the last checkpoint (step {s}) in {latest.directory} is intact' if s is not None
+              else f'there is no checkpoint in {latest.directory}')
+
+    def run_eval(step: int) -> dict[str, Any]:
+      t = time.time()
+      results, examples = evaluate(fns, state.params, state.teacher_params, eval_ds,
+                                   num_images if is_main else 0)
+      parts = [f'{k}={results[k]:.4f}' for k in sorted(results) if k != 'num_images']
+      logging.info('Eval at step %d (epoch %.2f, %d test images, %.1f s): %s', step, step / spe,
+                   results['num_images'], time.time() - t, ', '.join(parts))
+      values = {k: v for k, v in results.items() if k != 'num_images'}
+      writer.scalars(step, 'test', values, epoch=step / spe, num_images=results['num_images'])
+      writer.images(step, examples)
+      writer.flush()
+      if step not in best.all_steps():
+        checkpointing.save_best(best, step, state, results['student_psnr'])
+      return {'step': step, **results}
+
+    for step in range(start_step + 1, total_steps + 1):
+      batch = global_batch(next(train_iter), fns.data_sharding)
+      state, step_metrics = fns.train_step(state, batch)
+      if pending is not None:
+        _check_finite(*pending, last_checkpoint)
+      pending = (step, step_metrics)
+      if collection_cls is None:
+        collection_cls = _metric_collection(step_metrics)
+      update = collection_cls.single_from_model_output(**step_metrics)
+      collection = update if collection is None else collection.merge(update)
+      if step == start_step + 1:
+        _check_finite(step, step_metrics, last_checkpoint)
+        logging.info('Init, data start and first step (compilation included): %.1f s.',
+                     time.time() - t0)
+      if step % config.log_every_steps == 0 or step == total_steps:
+        _check_finite(step, step_metrics, last_checkpoint)
+        values = jax.device_get(collection.compute())
+        collection = None
+        now = time.time()
+        rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
+        last_log_time, last_log_step = now, step
+        logging.info('Step %d/%d (epoch %.2f): loss %.5f | %.2f steps/s, %.1f patches/s, '
+                     'ETA %s', step, total_steps, step / spe, values['loss'], rate,
+                     rate * patches_per_step, _format_duration((total_steps - step) / rate))
+        writer.scalars(step, 'train', {**values, 'steps_per_second': rate}, epoch=step / spe)
+      if step % config.checkpoint_every_steps == 0 or step == total_steps:
+        _check_finite(step, step_metrics, last_checkpoint)
+        checkpointing.save_latest(latest, step, state, train_iter.get_state())
+      if eval_ds is not None and (step == total_steps or (eval_every and step % eval_every == 0)):
+        _check_finite(step, step_metrics, last_checkpoint)
+        final_metrics = run_eval(step)
+    if pending is not None:
+      _check_finite(*pending, last_checkpoint)
+    if eval_ds is not None and start_step >= total_steps:
+      final_metrics = run_eval(start_step)
+    return final_metrics
+  finally:
+    latest.wait_until_finished()
+    best.wait_until_finished()
+    latest.close()
+    best.close()
+    writer.close()
+    train_iter.close()
