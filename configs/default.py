@@ -113,4 +113,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 1000
   config.max_to_keep = 3
   config.log_every_steps = 50
+
+  # main.py --mode=enhance|evaluate|export (crnet_jax/inference.py).
+  config.inference = ml_collections.ConfigDict()
+  config.inference.bucket = 32  # pad H and W to a multiple of this: one compilation per bucket
+  config.inference.max_whole_pixels = 1024 * 1024  # larger images go through tiles
+  config.inference.tile_size = 512  # tile side in pixels, context included
+  config.inference.tile_overlap = 0  # context around each tile's core; 0 = exact (receptive radius)
   return config

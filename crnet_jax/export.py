@@ -35,6 +35,7 @@ from crnet_jax import models
 
 MODEL_CONFIG_FILE = 'model_config.json'
 PARAMS_DIR = 'params'
+SERIALIZED_FILE = 'crnet.jaxexport'
 EXPORT_PLATFORMS = ('cpu', 'cuda', 'tpu')
 
 
