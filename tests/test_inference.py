@@ -192,13 +192,14 @@ def test_jax_export_runs_without_crnet_jax(tiny, tmp_path):
             'b': np.random.default_rng(6).random((2, 13, 9, 3)).astype(np.float32)}
   for key, x in images.items():
     np.save(tmp_path / f'{key}.npy', x)
-  # The README's usage example, in a process that never imports crnet_jax.
-  script = textwrap.dedent(f"""
+  # The README's usage example, verbatim but for the path, in a process that never imports
+  # crnet_jax; then the same function on two more image sizes.
+  readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), 'README.md')).read()
+  example = readme.split('<!-- export-example -->\n```python\n', 1)[1].split('```', 1)[0]
+  assert 'exported/crnet.jaxexport' in example
+  script = example.replace('exported/crnet.jaxexport', path) + textwrap.dedent(f"""
+      assert enhanced.shape == (1, 400, 600, 3)
       import sys
-      import numpy as np
-      from jax import export
-      with open({path!r}, 'rb') as f:
-        enhance = export.deserialize(bytearray(f.read()))
       for key in ('a', 'b'):
         x = np.load({str(tmp_path)!r} + f'/{{key}}.npy')
         np.save({str(tmp_path)!r} + f'/{{key}}_out.npy', np.asarray(enhance.call(x)))
