@@ -10,7 +10,8 @@ bfloat16 for speed). All convolutions are 3x3, stride 1, SAME padding, with bias
 - `LayerAttention`: HAN's layer attention over the B block outputs of one LMRG pass.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -215,6 +216,9 @@ MEMORY_MODULES: dict[str, type[nn.Module]] = {
     'convlstm': ConvLSTM, 'convgru': ConvGRU, 'none': NoMemory}
 
 
+LAYER_ATTENTION_IMPLS = ('stack', 'concat')
+
+
 def layer_energy(layers: Array, mask: Array | None = None) -> Array:
   """The layer attention's energy `E = F F^T` (batch, B, B) in float32, over pixels where `mask`.
 
@@ -228,6 +232,20 @@ def layer_energy(layers: Array, mask: Array | None = None) -> Array:
   return jnp.einsum('bik,bjk->bij', flat, flat)
 
 
+def layer_energy_of_list(outputs: Sequence[Array], mask: Array | None = None) -> Array:
+  """`layer_energy` of the B block outputs, each (batch, H, W, C), without stacking them.
+
+  Each of the B (B + 1) / 2 distinct entries of the symmetric `E` is a float32 sum of products of
+  two block outputs; the reductions all read the same B arrays (an accelerator compiler can fuse
+  them into one pass), and no (batch, B, H, W, C) copy is made. Equal to `layer_energy` up to the
+  order of the float32 summation.
+  """
+  if mask is not None:
+    m = mask.astype(jnp.float32)[..., None]
+    outputs = [f.astype(jnp.float32) * m for f in outputs]
+  return _pair_sums(outputs, outputs, symmetric=True)
+
+
 class LayerAttention(nn.Module):
   """Layer attention module (LAM) of HAN over the B block outputs of one LMRG pass.
 
@@ -237,16 +255,44 @@ class LayerAttention(nn.Module):
   then `out` is reshaped to (batch, H, W, B*C) and fused by a 3x3 conv B*C -> C.
   E and the softmax are computed in float32 whatever the compute dtype (E sums H*W*C terms).
   `energy`, when given, replaces E (tiled inference passes the energy of the whole image).
+
+  Two implementations of the same function and the same parameters (`impl`, config
+  `model.layer_attention_impl`):
+
+  - `'stack'`: the formula as written: stack the B outputs to (batch, B, H, W, C), two batched
+    matmuls, then move the layer axis next to the channels (a transposing copy) for the conv.
+  - `'concat'`: `out_i = F_i + sum_j (gamma A)_ij F_j` as a weighted sum of the block outputs
+    (accumulated in float32), concatenated on the channel axis straight into the
+    (batch, H, W, B*C) input of the fuse conv, with the energy from `layer_energy_of_list`. No
+    stacked copy and no transpose: one elementwise pass reads the B outputs and writes the conv's
+    input. Its backward pass is written out (`_attend_concat_bwd`: one pass of B * B reductions
+    and one elementwise pass), not left to autodiff of the unrolled sums. Equal to `'stack'` up to
+    float rounding, in outputs and gradients.
   """
   features: int
+  impl: str = 'stack'
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, layers: Array, energy: Array | None = None) -> Array:
-    """`layers`: (batch, B, H, W, C) -> (batch, H, W, features)."""
-    batch, num_layers, height, width, channels = layers.shape
+  def __call__(self, layers: Array | Sequence[Array], energy: Array | None = None) -> Array:
+    """`layers`: (batch, B, H, W, C), or the B arrays (batch, H, W, C) -> (batch, H, W, features).
+    """
+    if self.impl not in LAYER_ATTENTION_IMPLS:
+      raise ValueError(f'model.layer_attention_impl: {self.impl!r} is not one of '
+                       f'{list(LAYER_ATTENTION_IMPLS)}')
     gamma = self.param('gamma', nn.initializers.zeros, (), self.param_dtype)
+    if self.impl == 'stack':
+      out = self._stacked(layers, energy, gamma)
+    else:
+      out = self._concatenated(layers, energy, gamma)
+    return Conv(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name='fuse')(out)
+
+  def _stacked(self, layers: Array | Sequence[Array], energy: Array | None,
+               gamma: Array) -> Array:
+    if not hasattr(layers, 'ndim'):
+      layers = jnp.stack(layers, axis=1)
+    batch, num_layers, height, width, channels = layers.shape
     if energy is None:
       energy = layer_energy(layers)
     energy = jnp.max(energy, axis=-1, keepdims=True) - energy
@@ -255,5 +301,93 @@ class LayerAttention(nn.Module):
     attended = jnp.einsum('bij,bjk->bik', attention.astype(self.dtype), flat)
     out = gamma.astype(self.dtype) * attended + flat
     out = out.reshape(batch, num_layers, height, width, channels)
-    out = jnp.moveaxis(out, 1, 3).reshape(batch, height, width, num_layers * channels)
-    return Conv(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name='fuse')(out)
+    return jnp.moveaxis(out, 1, 3).reshape(batch, height, width, num_layers * channels)
+
+  def _concatenated(self, layers: Array | Sequence[Array], energy: Array | None,
+                    gamma: Array) -> Array:
+    if hasattr(layers, 'ndim'):
+      layers = [layers[:, b] for b in range(layers.shape[1])]
+    layers = tuple(layers)
+    if energy is None:
+      return _attend_concat(gamma.astype(jnp.float32), self.dtype, layers)
+    weights = gamma.astype(jnp.float32) * _attention(energy)
+    return _weighted_concat(weights, layers, self.dtype)
+
+
+def _attention(energy: Array) -> Array:
+  """`A = softmax(rowmax(E) - E)` over the last axis (float32)."""
+  energy = energy.astype(jnp.float32)
+  return jax.nn.softmax(jnp.max(energy, axis=-1, keepdims=True) - energy, axis=-1)
+
+
+def _weighted_concat(weights: Array, layers: Sequence[Array], dtype: Dtype) -> Array:
+  """`concat_i(F_i + sum_j weights_ij F_j)` on the channel axis, accumulated in float32."""
+  w = weights.astype(jnp.float32)[:, :, :, None, None, None]
+  wide = [f.astype(jnp.float32) for f in layers]
+  out = []
+  for i, f in enumerate(wide):
+    acc = f
+    for j, g in enumerate(wide):
+      acc = acc + w[:, i, j] * g
+    out.append(acc.astype(dtype))
+  return jnp.concatenate(out, axis=-1)
+
+
+def _pair_sums(a: Sequence[Array], b: Sequence[Array], symmetric: bool) -> Array:
+  """(batch, len(a), len(b)) float32 inner products `<a_i, b_j>` over all but the batch axis."""
+  batch = a[0].shape[0]
+  fa = [v.astype(jnp.float32).reshape(batch, -1) for v in a]
+  fb = fa if symmetric else [v.astype(jnp.float32).reshape(batch, -1) for v in b]
+  entries = {}
+  for i in range(len(fa)):
+    for j in range(len(fb)):
+      if symmetric and j < i:
+        entries[i, j] = entries[j, i]
+      else:
+        entries[i, j] = jnp.sum(fa[i] * fb[j], axis=-1)
+  return jnp.stack([jnp.stack([entries[i, j] for j in range(len(fb))], axis=-1)
+                    for i in range(len(fa))], axis=1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _attend_concat(gamma: Array, dtype: Dtype, layers: Sequence[Array]) -> Array:
+  """The 'concat' layer attention with its own backward pass (see `_attend_concat_bwd`)."""
+  return _attend_concat_fwd(gamma, dtype, layers)[0]
+
+
+def _attend_concat_fwd(gamma, dtype, layers):
+  attention = _attention(_pair_sums(layers, layers, symmetric=True))
+  return _weighted_concat(gamma * attention, layers, dtype), (gamma, attention, layers)
+
+
+def _attend_concat_bwd(dtype, residuals, d_out):
+  """Gradients of `out_i = F_i + gamma sum_j A_ij F_j`, `A = softmax(rowmax(E) - E)`, `E = F F^T`.
+
+  With `G_ij = <dout_i, F_j>`: `dgamma = sum(G * A)`, `dA = gamma G`; the softmax's backward
+  `dS = A * (dA - rowsum(dA * A))` and `dE = -dS` (the rowmax shift has no gradient: softmax is
+  shift-invariant); `dF_j = dout_j + gamma sum_i A_ij dout_i + sum_k (dE_jk + dE_kj) F_k`. One
+  pass of reductions and one elementwise pass over the B layers, whatever XLA would fuse.
+  """
+  del dtype
+  gamma, attention, layers = residuals
+  n = len(layers)
+  d_layers = [d.astype(jnp.float32) for d in jnp.split(d_out, n, axis=-1)]
+  g = _pair_sums(d_layers, layers, symmetric=False)
+  d_gamma = jnp.sum(g * attention)
+  d_att = gamma * g
+  d_scores = attention * (d_att - jnp.sum(d_att * attention, axis=-1, keepdims=True))
+  d_energy = -d_scores
+  d_sym = d_energy + jnp.swapaxes(d_energy, 1, 2)
+  w = (gamma * attention)[:, :, :, None, None, None]
+  s = d_sym[:, :, :, None, None, None]
+  wide = [f.astype(jnp.float32) for f in layers]
+  grads = []
+  for j in range(n):
+    acc = d_layers[j]
+    for i in range(n):
+      acc = acc + w[:, i, j] * d_layers[i] + s[:, j, i] * wide[i]
+    grads.append(acc.astype(layers[j].dtype))
+  return d_gamma.astype(gamma.dtype), tuple(grads)
+
+
+_attend_concat.defvjp(_attend_concat_fwd, _attend_concat_bwd)

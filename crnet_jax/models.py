@@ -25,6 +25,19 @@ from crnet_jax import layers
 Array = jax.Array
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# What `model.remat` rematerialises in the backward pass (the forward pass is unchanged):
+# nothing, each LMRG pass, or each masked residual block.
+REMAT = ('none', 'lmrg', 'blocks')
+# `model.remat_policy`: what a rematerialised part may still keep from its forward pass
+# (jax.checkpoint_policies); 'dots_saveable' keeps the convolution outputs and recomputes only the
+# elementwise ops (activations, gates, residual sums) in the backward pass.
+REMAT_POLICIES = ('nothing_saveable', 'dots_saveable', 'dots_with_no_batch_dims_saveable')
+
+
+def remat_policy(name: str):
+  """The jax.checkpoint policy named `name` (one of `REMAT_POLICIES`)."""
+  _check_choice('remat_policy', name, REMAT_POLICIES)
+  return getattr(jax.checkpoint_policies, name)
 
 
 class LMRG(nn.Module):
@@ -51,6 +64,9 @@ class LMRG(nn.Module):
   masked_conv: bool = True
   layer_attention: bool = True
   fused_masked_conv: bool = True
+  layer_attention_impl: str = 'stack'
+  remat_blocks: bool = False  # rematerialise each masked residual block (model.remat='blocks')
+  remat_policy: str = 'nothing_saveable'
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -66,17 +82,22 @@ class LMRG(nn.Module):
                         name='head')(inputs))
     h, state = layers.MEMORY_MODULES[self.memory](self.features, **common, name='memory')(z, state)
     h, state = masked(h), tuple(masked(s) for s in state)
+    block_cls = layers.MaskedResidualBlock
+    if self.remat_blocks:
+      block_cls = nn.remat(block_cls, policy=remat_policy(self.remat_policy))
     block_outputs = []
     for b in range(self.num_blocks):
-      h = layers.MaskedResidualBlock(self.features, self.activation, masked=self.masked_conv,
+      h = block_cls(self.features, self.activation, masked=self.masked_conv,
                                      fused=self.fused_masked_conv, **common,
                                      name=f'block_{b}')(h, mask)
       block_outputs.append(h)
     if energy_mask is not None:
+      if self.layer_attention_impl == 'concat':
+        return layers.layer_energy_of_list(block_outputs, energy_mask)
       return layers.layer_energy(jnp.stack(block_outputs, axis=1), energy_mask)
     if self.layer_attention:
-      u = masked(layers.LayerAttention(self.features, **common, name='layer_attention')(
-          jnp.stack(block_outputs, axis=1), energy))
+      u = masked(layers.LayerAttention(self.features, impl=self.layer_attention_impl, **common,
+                                       name='layer_attention')(block_outputs, energy))
     else:
       u = h
     residual = conv_cls(x.shape[-1], 'identity', fused=self.fused_masked_conv, **common,
@@ -103,6 +124,9 @@ class CRNet(nn.Module):
   masked_conv: bool = True
   layer_attention: bool = True
   fused_masked_conv: bool = True
+  layer_attention_impl: str = 'stack'
+  remat: str = 'none'
+  remat_policy: str = 'nothing_saveable'
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -112,7 +136,7 @@ class CRNet(nn.Module):
     y = x
     stages = []
     for i in range(self.num_groups):
-      group = lmrg_of(self, name=f'lmrg_{i}')
+      group = lmrg_of(self, name=f'lmrg_{i}', remat=self.remat == 'lmrg')
       state = layers.zero_memory_state(x.astype(self.dtype), self.features)
       for _ in range(self.recurrences):
         y, state = group(x, y, state, mask=mask)
@@ -132,12 +156,19 @@ def init_params(model: CRNet, rng: Array) -> Any:
     return model.init(rng, jnp.zeros((1, 16, 16, 3), jnp.float32))['params']
 
 
-def lmrg_of(model: CRNet, name: str | None = None) -> LMRG:
-  """The LMRG that `model` builds for each group (apply it with `params['lmrg_<i>']`)."""
-  return LMRG(features=model.features, num_blocks=model.num_blocks, activation=model.activation,
-              memory=model.memory, skip=model.skip, masked_conv=model.masked_conv,
-              layer_attention=model.layer_attention, fused_masked_conv=model.fused_masked_conv,
-              dtype=model.dtype, param_dtype=model.param_dtype, name=name)
+def lmrg_of(model: CRNet, name: str | None = None, remat: bool = False) -> LMRG:
+  """The LMRG that `model` builds for each group (apply it with `params['lmrg_<i>']`).
+
+  With `remat` (CRNet with `remat='lmrg'`) the pass is wrapped in `nn.remat` with the model's
+  policy: same parameters, same forward pass, activations recomputed in the backward pass.
+  """
+  cls = nn.remat(LMRG, policy=remat_policy(model.remat_policy)) if remat else LMRG
+  return cls(features=model.features, num_blocks=model.num_blocks, activation=model.activation,
+             memory=model.memory, skip=model.skip, masked_conv=model.masked_conv,
+             layer_attention=model.layer_attention, fused_masked_conv=model.fused_masked_conv,
+             layer_attention_impl=model.layer_attention_impl,
+             remat_blocks=model.remat == 'blocks', remat_policy=model.remat_policy,
+             dtype=model.dtype, param_dtype=model.param_dtype, name=name)
 
 
 def receptive_radius(model: CRNet) -> int:
@@ -165,6 +196,13 @@ def create_model(model_config: ml_collections.ConfigDict) -> CRNet:
   _check_choice('memory', model_config.memory, layers.MEMORY_MODULES)
   _check_choice('skip', model_config.skip, ('input', 'previous'))
   _check_choice('dtype', model_config.dtype, DTYPES)
+  # Performance options (same parameters, same function); older configs may lack them.
+  layer_attention_impl = model_config.get('layer_attention_impl', 'stack')
+  remat = model_config.get('remat', 'none')
+  policy = model_config.get('remat_policy', 'nothing_saveable')
+  _check_choice('layer_attention_impl', layer_attention_impl, layers.LAYER_ATTENTION_IMPLS)
+  _check_choice('remat', remat, REMAT)
+  _check_choice('remat_policy', policy, REMAT_POLICIES)
   return CRNet(
       features=model_config.features,
       num_groups=model_config.num_groups,
@@ -176,6 +214,9 @@ def create_model(model_config: ml_collections.ConfigDict) -> CRNet:
       masked_conv=model_config.masked_conv,
       layer_attention=model_config.layer_attention,
       fused_masked_conv=model_config.fused_masked_conv,
+      layer_attention_impl=layer_attention_impl,
+      remat=remat,
+      remat_policy=policy,
       dtype=DTYPES[model_config.dtype],
   )
 
@@ -200,3 +241,31 @@ def num_params(model_config: ml_collections.ConfigDict, channels: int = 3) -> in
   attention = 1 + conv(b * c, c) if model_config.layer_attention else 0
   group = mc(2 * channels, c) + memory + b * 2 * mc(c, c) + attention + mc(c, channels)
   return model_config.num_groups * group
+
+
+def flops_per_pixel(model_config: ml_collections.ConfigDict, channels: int = 3) -> int:
+  """The analytic forward FLOPs per pixel of CRNet (4,974,592, i.e. 4.97 MFLOP, for the defaults).
+
+  Two FLOPs (a multiply and an add) per multiply-accumulate of every 3x3 convolution (9 * C_in *
+  C_out per pixel) and of the layer attention's two einsums (the energy `F F^T` and `A F`, each
+  B * B * C per pixel, counted as the full matrix products of the design page), summed over the
+  N * T passes. Biases, activations, gates, residual sums and the softmax are left out (a few
+  hundred FLOPs per pixel, under 0.1%), as is usual for FLOP counts of convolutional networks.
+  Counted like `num_params`, from the design page and independently of the flax code; a train
+  step costs about 3x the forward pass (the backward pass computes two convolutions per forward
+  one: the input gradient and the kernel gradient).
+  """
+  c, b = model_config.features, model_config.num_blocks
+
+  def conv(cin: int, cout: int) -> int:
+    return 9 * cin * cout
+
+  def mc(cin: int, cout: int) -> int:
+    return 2 * conv(cin, cout) if model_config.masked_conv else conv(cin, cout)
+
+  memory = {'convlstm': conv(2 * c, 4 * c),
+            'convgru': conv(2 * c, 2 * c) + conv(2 * c, c),
+            'none': 0}[model_config.memory]
+  attention = 2 * b * b * c + conv(b * c, c) if model_config.layer_attention else 0
+  macs = mc(2 * channels, c) + memory + b * 2 * mc(c, c) + attention + mc(c, channels)
+  return 2 * macs * model_config.num_groups * model_config.recurrences

@@ -1,0 +1,242 @@
+"""The benchmark (benchmarks/bench.py), the analytic FLOP count and the performance options.
+
+The performance options of `config.model` (`layer_attention_impl`, `remat`, `remat_policy`) must
+compute the same function with the same parameters as the plain path; they are checked here.
+"""
+
+import functools
+import json
+import math
+
+import flax
+import jax
+import jax.extend
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import bench
+from configs import crnet as crnet_config
+from configs import default
+from crnet_jax import layers
+from crnet_jax import models
+
+
+# XLA's CPU backend compiles about 5x faster without its LLVM optimisations; the numbers under test
+# do not depend on them.
+FAST_COMPILE = {'xla_backend_optimization_level': 0}
+
+
+def tiny_model_config(**overrides):
+  config = default.get_model_config()
+  config.update(features=4, num_groups=2, recurrences=2, num_blocks=2)
+  config.update(overrides)
+  return config
+
+
+def random_params(model, seed=0):
+  """Random params of `model` (nothing to compile), with non-zero biases and gammas."""
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))['params']
+  flat = flax.traverse_util.flatten_dict(shapes, sep='/')
+  rng = np.random.default_rng(seed)
+  for key, value in flat.items():
+    if key.endswith('gamma'):
+      flat[key] = np.float32(0.6)
+    elif key.endswith('bias'):
+      flat[key] = rng.normal(0.0, 0.1, value.shape).astype(np.float32)
+    else:
+      flat[key] = (rng.normal(0.0, 1.0, value.shape) / np.sqrt(np.prod(value.shape[:-1]))
+                   ).astype(np.float32)
+  return flax.traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()},
+                                           sep='/')
+
+
+# ------------------------------------------------------------------------------------------------
+# The benchmark itself.
+
+
+def test_bench_runs_and_writes_json_lines(tmp_path):
+  config = crnet_config.get_config('test')
+  config.model.num_groups = 1  # the smallest network: compiling dominates the test's time
+  config.inference.max_whole_pixels = 1000  # the 40x24 image goes through tiles
+  config.inference.tile_size = 24
+  out = tmp_path / 'results' / 'cpu.jsonl'
+  opts = bench.Options(cases=('mcmt', 'infer_40x24', 'input_pipeline'), dtypes=('float32',),
+                       steps=2, warmup=1, torch='eager', pipeline_steps=3, out=str(out),
+                       compiler_options=FAST_COMPILE)
+  records = bench.run(config, opts)
+  lines = [json.loads(line) for line in out.read_text().splitlines()]
+  assert lines == json.loads(json.dumps(records))
+  assert not [r for r in records if 'error' in r], records
+  by_key = {(r['case'], r['framework'], r['variant']): r for r in records}
+  common = ('case', 'dtype', 'device', 'backend', 'batch', 'median_ms', 'jax_version', 'date',
+            'model')
+  mcmt = by_key['mcmt', 'jax', 'jit']
+  for key in common + ('patch', 'patches_per_s', 'compile_s', 'peak_bytes', 'compiled_bytes',
+                       'tflops', 'flops_per_step', 'vs_torch_eager'):
+    assert key in mcmt, key
+  assert mcmt['batch'] == 8 and mcmt['labeled'] == 4 and mcmt['patch'] == 16
+  assert mcmt['backend'] == 'cpu' and mcmt['loss_finite']
+  assert mcmt['flops_per_step'] == 4 * models.flops_per_pixel(config.model) * 8 * 16 * 16
+  assert math.isclose(mcmt['tflops'],
+                      mcmt['flops_per_step'] / mcmt['median_ms'] * 1e3 / 1e12, rel_tol=1e-9)
+  torch_mcmt = by_key['mcmt', 'torch', 'eager']
+  assert torch_mcmt['patches_per_s'] > 0
+  assert math.isclose(mcmt['vs_torch_eager'],
+                      mcmt['patches_per_s'] / torch_mcmt['patches_per_s'], rel_tol=1e-9)
+  infer = by_key['infer_40x24', 'jax', 'jit']
+  assert infer['path'] == 'tiled' and infer['tiles'] > 1
+  assert (infer['height'], infer['width']) == (24, 40) and infer['images_per_s'] > 0
+  assert infer['end_to_end_ms'] > 0
+  pipeline = by_key['input_pipeline', 'grain', 'mcmt']
+  assert pipeline['patches_per_s'] > 0 and pipeline['batch'] == 8
+  assert math.isclose(pipeline['vs_mcmt_step'],
+                      pipeline['patches_per_s'] / mcmt['patches_per_s'], rel_tol=1e-9)
+
+
+def test_bench_rejects_unknown_case():
+  with pytest.raises(ValueError, match='unknown case'):
+    bench.run(crnet_config.get_config('test'), bench.Options(cases=('infer_big',)))
+
+
+# ------------------------------------------------------------------------------------------------
+# The analytic FLOP count.
+
+
+def jaxpr_flops(jaxpr) -> int:
+  """2 x the multiply-adds of every convolution and dot in `jaxpr` (recursing into sub-jaxprs)."""
+  total = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'conv_general_dilated':
+      out = eqn.outvars[0].aval
+      kernel = eqn.invars[1].aval  # HWIO
+      total += 2 * math.prod(out.shape) * math.prod(kernel.shape[:-1])
+    elif eqn.primitive.name == 'dot_general':
+      (lhs_contract, _), _ = eqn.params['dimension_numbers']
+      lhs = eqn.invars[0].aval
+      total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(
+          lhs.shape[d] for d in lhs_contract)
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      total += jaxpr_flops(sub)
+  return total
+
+
+@pytest.mark.parametrize('overrides', [
+    {},
+    {'masked_conv': False, 'layer_attention': False, 'memory': 'convgru'},
+    {'memory': 'none', 'features': 6, 'num_blocks': 3},
+])
+def test_flops_per_pixel_counts_every_conv_and_einsum(overrides):
+  config = tiny_model_config(**overrides)
+  model = models.create_model(config)
+  height, width = 8, 12
+  x = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+  jaxpr = jax.make_jaxpr(model.apply)(variables, x).jaxpr
+  assert jaxpr_flops(jaxpr) == models.flops_per_pixel(config) * height * width
+
+
+def test_flops_per_pixel_of_the_default_network_and_xla_agrees():
+  config = default.get_model_config()
+  assert models.flops_per_pixel(config) == 4_974_592  # 4.97 MFLOP, 81.5 GFLOP per 128x128 patch
+  # XLA's own count (it adds the elementwise ops) of one group and pass of the 32-channel network.
+  config.update(num_groups=1, recurrences=1)
+  model = models.create_model(config)
+  x = jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+  cost = jax.jit(model.apply).lower(variables, x).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  # XLA skips the taps that fall on SAME padding: 46 of 48 per axis on 16 pixels.
+  analytic = models.flops_per_pixel(config) * 16 * 16 * (46 / 48) ** 2
+  assert 0.99 * analytic <= cost['flops'] <= 1.05 * analytic, (cost['flops'], analytic)
+
+
+# ------------------------------------------------------------------------------------------------
+# Performance options: same parameters, same numbers.
+
+
+def test_concat_layer_attention_equals_stack():
+  rng = np.random.default_rng(0)
+  feats = rng.standard_normal((2, 3, 4, 5, 2)).astype(np.float32)
+  stack = layers.LayerAttention(features=3)
+  concat = layers.LayerAttention(features=3, impl='concat')
+  params = stack.init(jax.random.key(0), feats)['params']
+  params = {**params, 'gamma': jnp.float32(0.37)}
+  assert (jax.tree.structure(concat.init(jax.random.key(0), feats)['params'])
+          == jax.tree.structure(params))
+  want = stack.apply({'params': params}, feats)
+  np.testing.assert_allclose(concat.apply({'params': params}, feats), want, atol=1e-5, rtol=1e-5)
+  as_list = [feats[:, b] for b in range(feats.shape[1])]
+  np.testing.assert_allclose(concat.apply({'params': params}, as_list), want, atol=1e-5,
+                             rtol=1e-5)
+  mask = (rng.random((2, 4, 5)) > 0.3).astype(np.float32)
+  np.testing.assert_allclose(layers.layer_energy_of_list(as_list, mask),
+                             layers.layer_energy(feats, mask), rtol=1e-5)
+  with pytest.raises(ValueError, match='layer_attention_impl'):
+    layers.LayerAttention(features=3, impl='fast').init(jax.random.key(0), feats)
+
+
+OPTION_TEST_MODEL = {'num_groups': 1, 'recurrences': 2, 'num_blocks': 2}
+
+
+def option_test_inputs():
+  return (jax.random.uniform(jax.random.key(1), (2, 12, 16, 3)),
+          jax.random.uniform(jax.random.key(2), (2, 12, 16, 3)))
+
+
+def loss_and_grads(model, params, x, y):
+  def loss_fn(p):
+    final, intermediates = model.apply({'params': p}, x)
+    return jnp.mean(jnp.square(final - y)) + sum(jnp.mean(jnp.abs(s - y)) for s in intermediates)
+  fn = jax.jit(jax.value_and_grad(loss_fn)).lower(params).compile(compiler_options=FAST_COMPILE)
+  return fn(params)
+
+
+@functools.cache
+def plain_loss_and_grads():
+  """(params, loss, grads) of the plain path, computed once for all the options."""
+  plain = models.create_model(tiny_model_config(**OPTION_TEST_MODEL))
+  params = random_params(plain)
+  return (params, *loss_and_grads(plain, params, *option_test_inputs()))
+
+
+@pytest.mark.parametrize('overrides', [
+    {'layer_attention_impl': 'concat'},
+    {'remat': 'lmrg'},
+    {'remat': 'blocks', 'remat_policy': 'dots_saveable', 'layer_attention_impl': 'concat'},
+])
+def test_performance_options_keep_outputs_and_gradients(overrides):
+  x, y = option_test_inputs()
+  fast = models.create_model(tiny_model_config(**OPTION_TEST_MODEL, **overrides))
+  params, want_loss, want_grads = plain_loss_and_grads()
+  assert (jax.tree.structure(jax.eval_shape(fast.init, jax.random.key(0), x)['params'])
+          == jax.tree.structure(params))
+  loss, grads = loss_and_grads(fast, params, x, y)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+  for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+  if overrides.get('remat', 'none') != 'none':  # the backward pass does rematerialise
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(fast.apply({'params': p}, x)[0])))(
+        params))
+    assert 'checkpoint' in jaxpr or 'remat' in jaxpr
+
+
+def test_concat_layer_attention_keeps_masked_and_tiled_inference():
+  from crnet_jax import inference  # pylint: disable=g-import-not-at-top
+  small = {'num_groups': 1, 'recurrences': 2, 'num_blocks': 2}
+  model = models.create_model(tiny_model_config(layer_attention_impl='concat', **small))
+  params = random_params(models.create_model(tiny_model_config(**small)))
+  image = np.random.default_rng(0).random((21, 30, 3)).astype(np.float32)
+  whole = inference.Enhancer(model, params, inference.TilingConfig(bucket=8))(image)
+  tiled = inference.Enhancer(model, params, inference.TilingConfig(
+      bucket=8, max_whole_pixels=100, tile_size=24))(image)
+  np.testing.assert_allclose(tiled, whole, atol=1e-5)
+
+
+@pytest.mark.parametrize('key,value', [('layer_attention_impl', 'fast'), ('remat', 'all'),
+                                        ('remat_policy', 'everything')])
+def test_bad_performance_option_names_the_key(key, value):
+  config = default.get_model_config()
+  config[key] = value
+  with pytest.raises(ValueError, match=f'model.{key}'):
+    models.create_model(config)
