@@ -144,13 +144,35 @@ def main(argv):
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.local_devices())
   from crnet_jax import image_io  # pylint: disable=g-import-not-at-top
+  from crnet_jax import train  # pylint: disable=g-import-not-at-top
   try:
     run(FLAGS.mode, FLAGS.config, FLAGS.workdir)
-  except (image_io.DataError, OSError, FloatingPointError) as e:
-    # Bad input, a missing or unwritable path, a non-finite loss: the message says it all.
+  except (image_io.DataError, train.ConfigError, OSError, FloatingPointError) as e:
+    # Bad input or config value, a missing, unwritable or full path, a non-finite loss: the
+    # message says it all (docs/robustness.md lists the outcomes).
     logging.error('%s: %s', type(e).__name__, e)
     sys.exit(f'error: {e}')
 
 
+def parse_flags(argv):
+  """absl's flag parsing, with every bad flag (or config override) as one `error: ...` line.
+
+  An override of a config field that does not exist raises AttributeError inside ml_collections
+  (with a "Did you mean" hint) and absl would print its traceback; a value of the wrong type is
+  absl's `flags.Error`. Both exit with status 1, before anything runs.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'error: {e} (--helpfull lists the flags)')
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    cause = e
+    while isinstance(cause, BaseException) and cause.args:
+      cause = cause.args[0]
+    message = '. '.join(line.strip() for line in str(cause).splitlines() if line.strip())
+    what = 'unknown config field ' if isinstance(e, (AttributeError, KeyError)) else ''
+    sys.exit(f'error: bad config override on the command line: {what}{message}')
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -18,6 +18,14 @@
   clipped). Float images (`F`) are clipped to [0, 1]. Pillow itself reduces 16-bit RGB PNG to 8
   bits per channel; such files are read at that precision.
 
+Size limit: Pillow refuses images over 2 x `PIL.Image.MAX_IMAGE_PIXELS` (178,956,970 pixels) as
+possible decompression bombs and warns above 89,478,485; its warning is silenced here and such
+files are handled deliberately: `load_image(path, max_pixels=N)` (what the dataset builders use,
+with `max_image_pixels()`: $CRNET_MAX_IMAGE_PIXELS, default 89,478,485, e.g. 10000x10000 is over)
+refuses a larger image with a `DataError` naming the file, before decoding it; without
+`max_pixels` (inference) images up to Pillow's hard limit decode, and larger ones are a
+`DataError`. A limit above Pillow's raises Pillow's limit with it.
+
 Every failure is a `DataError` (a `ValueError`) whose message starts with the file's path and
 says what is wrong; a missing file or folder is a `MissingDataError` (also a
 `FileNotFoundError`).
@@ -31,6 +39,7 @@ from __future__ import annotations
 import io
 import os
 from typing import Union
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -42,6 +51,25 @@ PathLike = Union[str, os.PathLike]
 
 # Never accept truncated files silently.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Large images are handled by `max_pixels` / DataError (module docstring), not by a warning.
+warnings.filterwarnings('ignore', category=Image.DecompressionBombWarning)
+
+MAX_PIXELS_ENV = 'CRNET_MAX_IMAGE_PIXELS'
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb warning threshold
+
+
+def max_image_pixels() -> int:
+  """The largest training/evaluation image in pixels: $CRNET_MAX_IMAGE_PIXELS or 89,478,485."""
+  value = os.environ.get(MAX_PIXELS_ENV, '').strip()
+  if not value:
+    return DEFAULT_MAX_PIXELS
+  try:
+    limit = int(value)
+  except ValueError:
+    limit = 0
+  if limit < 1:
+    raise DataError(f'${MAX_PIXELS_ENV}={value!r}: expected a positive number of pixels')
+  return limit
 
 _SAVE_FORMATS = {
     '.png': 'PNG',
@@ -62,19 +90,30 @@ class MissingDataError(DataError, FileNotFoundError):
   """A file or folder that should exist does not."""
 
 
-def _open_decoded(path: PathLike) -> tuple[Image.Image, Image.Image]:
+def _open_decoded(path: PathLike, max_pixels: int | None = None
+                  ) -> tuple[Image.Image, Image.Image]:
   """Opens and fully decodes `path` with Pillow: (as stored, with the orientation applied)."""
   path = os.fspath(path)
   if not os.path.exists(path):
     raise MissingDataError(f'{path}: file not found')
   if os.path.isdir(path):
     raise DataError(f'{path}: is a folder, not an image file')
+  if max_pixels and Image.MAX_IMAGE_PIXELS and max_pixels > Image.MAX_IMAGE_PIXELS:
+    Image.MAX_IMAGE_PIXELS = int(max_pixels)  # never below ours: our check below decides
   try:
     img = Image.open(path)
   except UnidentifiedImageError:
     raise DataError(f'{path}: not an image file (Pillow cannot identify its format)') from None
+  except Image.DecompressionBombError as e:
+    raise DataError(f'{path}: image too large to decode safely ({e}); downscale it') from e
   except OSError as e:
     raise DataError(f'{path}: cannot open image ({e})') from e
+  w, h = img.size
+  if max_pixels and w * h > max_pixels:
+    img.close()
+    raise DataError(f'{path}: image is {w}x{h} (WxH) = {w * h:,} pixels, more than the limit of '
+                    f'{max_pixels:,} for training data (Pillow\'s decompression-bomb threshold); '
+                    f'downscale it, or allow more with ${MAX_PIXELS_ENV}')
   try:
     img.load()
   except Exception as e:  # pylint: disable=broad-except
@@ -166,11 +205,13 @@ def _to_float_rgb(img: Image.Image, path: str) -> np.ndarray:
   return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def load_image(path: PathLike) -> np.ndarray:
+def load_image(path: PathLike, max_pixels: int | None = None) -> np.ndarray:
   """Decodes an image file to float32 (H, W, 3) in [0, 1] (rules in the module docstring).
 
   Args:
     path: the file.
+    max_pixels: refuse (DataError, before decoding) images with more pixels; None: Pillow's
+      limit only.
 
   Returns:
     The image, float32, shape (H, W, 3), values in [0, 1].
@@ -180,7 +221,7 @@ def load_image(path: PathLike) -> np.ndarray:
     DataError: the file is not an image, is corrupt or truncated, or has an unsupported mode.
   """
   path = os.fspath(path)
-  stored, img = _open_decoded(path)
+  stored, img = _open_decoded(path, max_pixels)
   if _is_16bit_rgb_tiff(stored):
     arr = _read_tiff_16bit(path, stored)
     if arr is not None:
@@ -191,9 +232,9 @@ def load_image(path: PathLike) -> np.ndarray:
   return arr
 
 
-def load_image_uint8(path: PathLike) -> np.ndarray:
+def load_image_uint8(path: PathLike, max_pixels: int | None = None) -> np.ndarray:
   """Like `load_image`, rounded to uint8 (H, W, 3): what the dataset builders store."""
-  return to_uint8(load_image(path))
+  return to_uint8(load_image(path, max_pixels))
 
 
 def image_size(path: PathLike) -> tuple[int, int]:

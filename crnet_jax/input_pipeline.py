@@ -324,12 +324,16 @@ def _use_cache(data: _TrainData, mcmt: bool, cache_mb: float) -> bool:
   return use
 
 
+_PROCESS_KEYS = ('process_index', 'process_count')
+
+
 class TrainIterator:
   """An infinite, checkpointable iterator over this process's training batches.
 
   `get_state()` returns a plain JSON-able dict (save it with `ocp.args.JsonSave`);
   `set_state(state)` continues exactly after the batch the state was taken at. The step counts
-  global batches, so a state can be restored with another `num_workers` or number of processes.
+  global batches, so a state can be restored with another `num_workers` or number of processes,
+  and every process of a run has the same state (checkpoints keep the one of process 0).
   Call `close()` to stop worker processes early (they also stop when the iterator is
   garbage-collected).
   """
@@ -369,7 +373,10 @@ class TrainIterator:
     """Restores a `get_state()` dict: the next batch is the one after it."""
     if 'step' not in state:
       raise ValueError(f'not a TrainIterator state (no "step"): {state!r}')
-    changed = {k: (state[k], v) for k, v in self._info.items() if k in state and state[k] != v}
+    # The stream is global: a state saved by process 0 of a run with any number of processes
+    # restores on every process of a run with any other number (only the step matters).
+    changed = {k: (state[k], v) for k, v in self._info.items()
+               if k in state and state[k] != v and k not in _PROCESS_KEYS}
     if changed:
       logging.warning('Restoring a data iterator state made with other settings %s: the '
                       'stream continues at step %d but differs from the saved run.',
@@ -471,6 +478,7 @@ class EvalDataset:
       raise ValueError(f'data.eval_batch_size must be >= 1, got {batch_size}')
     self._source = source
     self.names = list(meta['names'])
+    self.files = list(meta.get('files', meta['names']))
     self.heights = np.asarray(meta['heights'], np.int32)
     self.widths = np.asarray(meta['widths'], np.int32)
     self.batch_size = int(batch_size)
@@ -504,6 +512,18 @@ class EvalDataset:
         names[j] = name.decode('utf-8') if isinstance(name, bytes) else str(name)
       yield {'low': low, 'high': high, 'mask': mask, 'valid': valid, 'height': height,
              'width': width, 'name': names.astype(str)}
+
+
+def check_eval_sizes(eval_ds: EvalDataset, min_side: int) -> None:
+  """Raises one DataError naming every evaluation image smaller than min_side x min_side.
+
+  Training evaluates with SSIM (an 11x11 window): a smaller test image has no SSIM value.
+  """
+  datasets_base.raise_problems(
+      [f'{src}: test image is {h}x{w} (HxW), smaller than the {min_side}x{min_side} SSIM '
+       'window: it cannot be evaluated'
+       for src, h, w in zip(eval_ds.files, eval_ds.heights, eval_ds.widths)
+       if min(h, w) < min_side])
 
 
 def create_eval_dataset(config: ml_collections.ConfigDict, split: str = 'test') -> EvalDataset:

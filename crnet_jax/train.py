@@ -25,7 +25,13 @@
   the student's, so the best checkpoint is chosen by the student for both methods (the teacher's
   parameters are saved with it). A rerun with the same workdir resumes by itself.
 - Logs: TensorBoard (`workdir/tensorboard`: scalars and low | enhanced | high images),
-  `workdir/metrics.jsonl` (one JSON object per log/eval event), `workdir/config.json`.
+  `workdir/metrics.jsonl` (one JSON object per log/eval event), `workdir/config.json`; written by
+  process 0 only. Every process saves its shards of the checkpoints (orbax).
+- Robustness (docs/robustness.md): the config is validated (`ConfigError`) and the workdir
+  checked for writing and free space before any data is built; a failed save raises
+  `CheckpointSaveError` (an OSError naming the folder); a run killed anywhere resumes from the
+  newest complete checkpoint, and the log lines after it are dropped, so the result equals an
+  uninterrupted run's.
 - A non-finite loss (or gradient norm) stops the run with `NonFiniteLossError`, naming the step
   and the loss terms; a state that produced it is never saved.
 """
@@ -34,11 +40,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import errno
 import functools
 import json
 import logging as std_logging
 import math
 import os
+import sys
 import time
 from typing import Any, Callable, Iterable, Mapping
 
@@ -63,6 +71,14 @@ Array = jax.Array
 PyTree = Any
 METHODS = ('supervised', 'mcmt')
 DATA_AXIS = 'data'
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work (the key and the value are named), found before running."""
+
+
+class CheckpointSaveError(OSError):
+  """Writing a checkpoint failed (disk full, workdir gone...): the message names the folder."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -124,7 +140,7 @@ class StepConfig:
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
-  """Raises ValueError naming the first bad key of `config` (checked before anything runs)."""
+  """Raises ConfigError naming the first bad key of `config` (checked before anything runs)."""
   num_devices = jax.device_count() if num_devices is None else num_devices
 
   def is_int(v):
@@ -135,7 +151,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
 
   def need(ok: bool, msg: str):
     if not ok:
-      raise ValueError(msg)
+      raise ConfigError(msg)
 
   need(config.method in METHODS, f"method must be 'supervised' or 'mcmt', got {config.method!r}")
   d = config.data
@@ -145,10 +161,19 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     need(is_int(v) and v > 0 and v % num_devices == 0,
          f'data.{key} must be a positive multiple of the number of devices ({num_devices}), '
          f'got {v!r}')
+  need(d.dataset in input_pipeline.DATASETS,
+       f'data.dataset must be one of {input_pipeline.DATASETS}, got {d.dataset!r}')
+  dirs = d.get('unlabeled_dirs', ())
+  need(isinstance(dirs, str) or (isinstance(dirs, (tuple, list)) and
+                                 all(isinstance(x, str) for x in dirs)),
+       f'data.unlabeled_dirs must be a folder or a tuple of folders, got {dirs!r}')
   need(is_num(d.label_fraction) and 0.0 < d.label_fraction <= 1.0,
        f'data.label_fraction must be in (0, 1], got {d.label_fraction!r}')
   for key in ('patch_size', 'patches_per_image', 'eval_batch_size'):
     need(is_int(d[key]) and d[key] > 0, f'data.{key} must be a positive integer, got {d[key]!r}')
+  need(d.patch_size >= losses.SSIM_WINDOW,
+       f'data.patch_size must be at least the SSIM window ({losses.SSIM_WINDOW}), got '
+       f'{d.patch_size!r}')
   need(is_num(config.num_epochs) and config.num_epochs > 0,
        f'num_epochs must be positive, got {config.num_epochs!r}')
   n = config.get('num_train_steps', -1)
@@ -181,7 +206,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
          f'{key} must be a positive integer, got {config[key]!r}')
   k = config.get('num_eval_images', 0)
   need(is_int(k) and k >= 0, f'num_eval_images must be a non-negative integer, got {k!r}')
-  models.create_model(config.model)  # checks every model field
+  try:
+    models.create_model(config.model)  # checks every model field
+  except (ValueError, TypeError) as e:
+    raise ConfigError(str(e)) from e
 
 
 def num_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
@@ -506,6 +534,21 @@ def _check_finite(step: int, step_metrics: Mapping[str, Array],
       f'{last_checkpoint()}.')
 
 
+def _write_atomically(path: str, text: str) -> None:
+  """Writes `text` to `path` through a temporary file and a rename (never half written)."""
+  tmp = f'{path}.tmp.{os.getpid()}'
+  with open(tmp, 'w') as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _nbytes(tree: PyTree) -> int:
+  """Bytes of the (global) arrays of `tree`: the size of one checkpoint of it."""
+  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
 def _format_duration(seconds: float) -> str:
   seconds = max(0, int(round(seconds)))
   h, rem = divmod(seconds, 3600)
@@ -513,16 +556,64 @@ def _format_duration(seconds: float) -> str:
   return f'{h}h{m:02d}m{s:02d}s' if h else (f'{m}m{s:02d}s' if m else f'{s}s')
 
 
-class _Writer:
-  """TensorBoard (tensorboardX) and `metrics.jsonl`, on process 0 only."""
+def _import_tensorboardx():
+  """`import tensorboardX`, without letting it import torch (2+ s per run when installed).
 
-  def __init__(self, workdir: str, enabled: bool):
+  tensorboardX imports torch, if it can, only to accept torch tensors; we log numpy values.
+  """
+  if 'torch' in sys.modules:
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+    return tensorboardX
+  sys.modules['torch'] = None  # `import torch` raises ImportError, which tensorboardX handles
+  try:
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+  finally:
+    if sys.modules.get('torch', 0) is None:
+      del sys.modules['torch']
+  return tensorboardX
+
+
+class _Writer:
+  """TensorBoard (tensorboardX) and `metrics.jsonl`, on process 0 only.
+
+  Lines of `metrics.jsonl` with a step after `resume_step` (the step the run starts from: its
+  checkpoint's, or 0), or cut short (a kill during a write), are dropped first (the file is
+  rewritten atomically), and TensorBoard hides its events after it (`purge_step`): steps that
+  run again after a kill are logged once.
+  """
+
+  def __init__(self, workdir: str, enabled: bool, resume_step: int = 0):
     self.enabled = enabled
     self._tb = None
     self._jsonl = os.path.join(workdir, 'metrics.jsonl')
     if enabled:
-      import tensorboardX  # pylint: disable=g-import-not-at-top
-      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      self.drop(resume_step + 1)
+      tensorboardx = _import_tensorboardx()
+      self._tb = tensorboardx.SummaryWriter(os.path.join(workdir, 'tensorboard'),
+                                            purge_step=resume_step + 1)
+
+  def drop(self, from_step: int, split: str | None = None) -> None:
+    """Removes the records with step >= `from_step` (of `split`, or all) and broken lines."""
+    if not self.enabled or not os.path.exists(self._jsonl):
+      return
+    with open(self._jsonl) as f:
+      lines = f.readlines()
+    kept = []
+    for line in lines:
+      try:
+        record = json.loads(line)
+        step = int(record['step'])
+      except (ValueError, KeyError, TypeError):
+        continue  # a line cut short by a kill
+      if not line.endswith('\n'):
+        continue
+      if step >= from_step and (split is None or record.get('split') == split):
+        continue
+      kept.append(line)
+    if len(kept) != len(lines):
+      logging.info('metrics.jsonl: dropped %d line(s) from step %d on (they are logged again).',
+                   len(lines) - len(kept), from_step)
+      _write_atomically(self._jsonl, ''.join(kept))
 
   def scalars(self, step: int, prefix: str, values: Mapping[str, float], **extra) -> None:
     if not self.enabled:
@@ -584,6 +675,13 @@ def _metric_collection(names: Iterable[str]) -> type[clu_metrics.Collection]:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (resuming from `workdir/checkpoints` if there is a checkpoint) and evaluates.
 
+  Killed at any moment (SIGKILL, preemption), a rerun with the same config and workdir ends with
+  the same parameters, checkpoints and metrics as a run that was never interrupted: it resumes
+  from the newest complete checkpoint (a save cut short is ignored), drops the lines of
+  `metrics.jsonl` written after it (TensorBoard purges them too) and redoes those steps. At a step
+  that both evaluates and checkpoints, the evaluation comes first, so a checkpoint implies the
+  evaluation of its step is logged.
+
   Args:
     config: the run config (`configs/default.py` documents every field).
     workdir: where checkpoints, TensorBoard logs, metrics.jsonl and config.json go.
@@ -593,15 +691,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     dataset has no test split.
 
   Raises:
-    ValueError: a bad config value (named in the message).
+    ConfigError: a bad config value (named in the message), or a checkpoint in `workdir` that
+      does not match the config.
+    OSError: the workdir is not writable, its disk too full for two checkpoints, or a checkpoint
+      save failed (the message names the folder and the last complete checkpoint).
+    DataError: bad input data (the file is named).
     NonFiniteLossError: the loss became NaN or infinite (the step and its terms are named).
   """
   validate_config(config)
   quiet_orbax_logs()
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  checkpointing.check_writable(workdir)  # before building any data: fail in seconds
   is_main = jax.process_index() == 0
 
+  # Every process validates the data (same errors everywhere) and builds the datasets; with a
+  # shared data_dir the first build wins and the others reuse it (datasets.base.prepare).
   summary = input_pipeline.dataset_summary(config)
   logging.info('Dataset: %s', summary['description'])
   spe = int(input_pipeline.steps_per_epoch(config))
@@ -611,6 +715,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   logging.info('Method %s: %d steps (%d per epoch, %.4g epochs), %d patches of %dx%d per step.',
                config.method, total_steps, spe, total_steps / spe, patches_per_step,
                config.data.patch_size, config.data.patch_size)
+  train_iter = input_pipeline.create_train_iterator(
+      config, process_index=jax.process_index(), process_count=jax.process_count())
+  if jax.process_count() > 1:
+    logging.info('Process %d of %d reads its shard: %d of the %d labeled%s patches of each step.',
+                 jax.process_index(), jax.process_count(),
+                 config.data.batch_size // jax.process_count(), config.data.batch_size,
+                 f' (and {config.data.unlabeled_batch_size // jax.process_count()} of the '
+                 f'{config.data.unlabeled_batch_size} unlabeled)' if mcmt else '')
+  try:  # every data check is done before the workdir is touched
+    eval_ds = input_pipeline.create_eval_dataset(config, 'test') if summary['test'] else None
+    if eval_ds is not None:
+      input_pipeline.check_eval_sizes(eval_ds, losses.SSIM_WINDOW)
+  except BaseException:
+    train_iter.close()
+    raise
   mesh = create_mesh()
   model = models.create_model(config.model)
   hp = StepConfig.from_config(config, spe)
@@ -620,19 +739,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   logging.info('Initialised the state in %.1f s. Parameters (student; the teacher is a copy):\n'
                '%s', time.time() - t0,
                parameter_overview.get_parameter_overview(jax.device_get(state.params)))
+  try:
+    checkpointing.check_free_space(workdir, _nbytes(state))
+  except BaseException:
+    train_iter.close()
+    raise
 
-  train_iter = input_pipeline.create_train_iterator(
-      config, process_index=jax.process_index(), process_count=jax.process_count())
   latest = checkpointing.latest_manager(workdir, config.max_to_keep)
   best = checkpointing.best_manager(workdir)
-  writer = _Writer(workdir, is_main)
+  writer = None
   try:
     if latest.latest_step() is not None:
       try:
         state, data_state, restored_step = checkpointing.restore_latest(
             latest, checkpointing.abstract_like(state))
       except Exception as e:  # orbax raises several types on a structure or shape mismatch
-        raise ValueError(
+        raise ConfigError(
             f'Cannot resume from the checkpoint of step {latest.latest_step()} in '
             f'{latest.directory}: it does not match this config (a different method or model?). '
             f'Use a new --workdir, or the config the run was started with '
@@ -641,14 +763,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       logging.info('Resumed from the checkpoint of step %d in %s.', restored_step,
                    latest.directory)
     start_step = int(jax.device_get(state.step))
+    # Logs from after the checkpoint (a run killed later) are dropped: those steps run again.
+    writer = _Writer(workdir, is_main, resume_step=start_step)
     if is_main:  # after a successful restore: a mismatching config leaves the old one in place
-      with open(os.path.join(workdir, 'config.json'), 'w') as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+      _write_atomically(os.path.join(workdir, 'config.json'),
+                        config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
     if start_step >= total_steps:
       logging.info('Already trained for %d steps (asked for %d): evaluating only.', start_step,
                    total_steps)
 
-    eval_ds = input_pipeline.create_eval_dataset(config, 'test') if summary['test'] else None
     if eval_ds is None:
       logging.warning('The dataset has no test split: no evaluation.')
     eval_every = int(round(float(config.eval_every_epochs) * spe))
@@ -659,15 +782,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     last_log_time, last_log_step = time.time(), start_step
 
     def last_checkpoint() -> str:
-      latest.wait_until_finished()
+      try:
+        latest.wait_until_finished()
+      except Exception:  # pylint: disable=broad-except
+        pass
       s = latest.latest_step()
       return (f'the last checkpoint (step {s}) in {latest.directory} is intact' if s is not None
               else f'there is no checkpoint in {latest.directory}')
+
+    def saving(step: int, what: str, directory: Any, fn: Callable[[], Any]) -> Any:
+      """Runs a save (or waits for the asynchronous ones); a failure -> CheckpointSaveError.
+
+      orbax reports a failed write (e.g. tensorstore's `ValueError: RESOURCE_EXHAUSTED ... No
+      space left on device`) at the next save or wait, hence "detected at step".
+      """
+      try:
+        return fn()
+      except Exception as e:  # pylint: disable=broad-except
+        text = f'{type(e).__name__}: {e}'
+        code = e.errno if isinstance(e, OSError) and e.errno else (
+            errno.ENOSPC if ('No space left' in text or 'os_error_code=\'28\'' in text) else
+            errno.EIO)
+        raise CheckpointSaveError(
+            code, f'Saving a {what} checkpoint in {directory} failed (detected at step {step}): '
+            f'{text}. The disk may be full or the workdir no longer writable; '
+            f'{last_checkpoint()}: a rerun with the same workdir continues from there.') from e
 
     def run_eval(step: int) -> dict[str, Any]:
       t = time.time()
       results, examples = evaluate(fns, state.params, state.teacher_params, eval_ds,
                                    num_images if is_main else 0)
+      checkpointing.pause_for_tests('eval', step)
       parts = [f'{k}={results[k]:.4f}' for k in sorted(results) if k != 'num_images']
       logging.info('Eval at step %d (epoch %.2f, %d test images, %.1f s): %s', step, step / spe,
                    results['num_images'], time.time() - t, ', '.join(parts))
@@ -676,12 +821,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       writer.images(step, examples)
       writer.flush()
       if step not in best.all_steps():
-        checkpointing.save_best(best, step, state, results['student_psnr'])
+        saving(step, 'best', best.directory,
+               lambda: checkpointing.save_best(best, step, state, results['student_psnr']))
       return {'step': step, **results}
 
     for step in range(start_step + 1, total_steps + 1):
       batch = global_batch(next(train_iter), fns.data_sharding)
       state, step_metrics = fns.train_step(state, batch)
+      checkpointing.pause_for_tests('step', step)
       if pending is not None:
         _check_finite(*pending, last_checkpoint)
       pending = (step, step_metrics)
@@ -704,21 +851,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      'ETA %s', step, total_steps, step / spe, values['loss'], rate,
                      rate * patches_per_step, _format_duration((total_steps - step) / rate))
         writer.scalars(step, 'train', {**values, 'steps_per_second': rate}, epoch=step / spe)
-      if step % config.checkpoint_every_steps == 0 or step == total_steps:
-        _check_finite(step, step_metrics, last_checkpoint)
-        checkpointing.save_latest(latest, step, state, train_iter.get_state())
+        for manager, what in ((latest, 'latest'), (best, 'best')):  # report failed saves early
+          saving(step, what, manager.directory, manager.check_for_errors)
+      # Evaluate before checkpointing: a checkpoint of step s implies its evaluation is logged.
       if eval_ds is not None and (step == total_steps or (eval_every and step % eval_every == 0)):
         _check_finite(step, step_metrics, last_checkpoint)
         final_metrics = run_eval(step)
+      if step % config.checkpoint_every_steps == 0 or step == total_steps:
+        _check_finite(step, step_metrics, last_checkpoint)
+        saving(step, 'latest', latest.directory,
+               lambda: checkpointing.save_latest(latest, step, state, train_iter.get_state()))
     if pending is not None:
       _check_finite(*pending, last_checkpoint)
     if eval_ds is not None and start_step >= total_steps:
+      writer.drop(start_step, 'test')  # evaluated again below: no duplicate line
       final_metrics = run_eval(start_step)
+    saving(total_steps, 'latest', latest.directory, latest.wait_until_finished)
+    saving(total_steps, 'best', best.directory, best.wait_until_finished)
     return final_metrics
   finally:
-    latest.wait_until_finished()
-    best.wait_until_finished()
-    latest.close()
-    best.close()
-    writer.close()
+    for manager in (latest, best):
+      try:
+        manager.wait_until_finished()
+        manager.close()
+      except Exception as e:  # pylint: disable=broad-except
+        logging.error('Closing the checkpoint manager of %s: %s', manager.directory, e)
+    if writer is not None:
+      writer.close()
     train_iter.close()

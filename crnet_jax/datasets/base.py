@@ -271,9 +271,10 @@ class ImageRecordsBuilder(tfds.core.GeneratorBasedBuilder):
 
   def _load_item(self, item: Item) -> dict[str, np.ndarray]:
     """The uint8 (H, W, 3) images of one item: 'low' (and 'high' when PAIRED)."""
-    out = {'low': image_io.load_image_uint8(item.low)}
+    limit = image_io.max_image_pixels()
+    out = {'low': image_io.load_image_uint8(item.low, limit)}
     if self.PAIRED:
-      out['high'] = image_io.load_image_uint8(item.high)
+      out['high'] = image_io.load_image_uint8(item.high, limit)
       if out['high'].shape != out['low'].shape:
         lh, lw = out['low'].shape[:2]
         hh, hw = out['high'].shape[:2]
@@ -340,7 +341,19 @@ def prepare(builder: tfds.core.DatasetBuilder, manual_dir: str | None = None
     logging.info('Building %s/%s into %s', builder.name, builder.builder_config.name,
                  builder.data_dir)
     dl_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
-    builder.download_and_prepare(file_format='array_record', download_config=dl_config)
+    try:
+      builder.download_and_prepare(file_format='array_record', download_config=dl_config)
+    except OSError:
+      # Several processes building into one shared data_dir: each writes a temporary folder and
+      # renames it; the first rename wins and the others fail here. Reuse the winner's copy.
+      root = os.fspath(builder._data_dir_root)  # pylint: disable=protected-access
+      fresh = type(builder)(config=builder.builder_config, data_dir=root,
+                            file_format='array_record')
+      if not fresh.is_prepared():
+        raise
+      logging.info('%s/%s was built by another process meanwhile: using it.', builder.name,
+                   builder.builder_config.name)
+      return fresh
   return builder
 
 

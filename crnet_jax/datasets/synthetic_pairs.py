@@ -60,7 +60,8 @@ class SyntheticPairs(base.ImageRecordsBuilder):
 
   def _load_item(self, item: base.Item) -> dict[str, np.ndarray]:
     c = self.builder_config
-    photo = resize_max_side(image_io.load_image_uint8(item.high), c.max_side)
+    photo = image_io.load_image_uint8(item.high, image_io.max_image_pixels())
+    photo = resize_max_side(photo, c.max_side)
     params = degrade_lib.DegradationParams.from_mapping(dict(c.degradation))
     low = degrade_lib.degrade(photo, degrade_lib.image_seed(c.seed, item.name), params)
     return {'low': image_io.to_uint8(low), 'high': photo}
