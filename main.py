@@ -149,7 +149,7 @@ def main(argv):
     run(FLAGS.mode, FLAGS.config, FLAGS.workdir)
   except (image_io.DataError, train.ConfigError, OSError, FloatingPointError) as e:
     # Bad input or config value, a missing, unwritable or full path, a non-finite loss: the
-    # message says it all (docs/robustness.md lists the outcomes).
+    # message says it all (README.md, "Many hosts, kills, bad inputs" lists the outcomes).
     logging.error('%s: %s', type(e).__name__, e)
     sys.exit(f'error: {e}')
 
