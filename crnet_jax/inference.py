@@ -294,7 +294,8 @@ def evaluate_pairs(enhancer: Enhancer, low_dir: str, high_dir: str, output_dir: 
                                f'{item.high} {high.shape[:2]}')
     enhanced = enhancer(low)
     record = {'name': item.name,
-              'psnr': float(losses.psnr(enhanced, high)), 'ssim': float(losses.ssim(enhanced, high)),
+              'psnr': float(losses.psnr(enhanced, high)),
+              'ssim': float(losses.ssim(enhanced, high)),
               'input_psnr': float(losses.psnr(low, high)),
               'input_ssim': float(losses.ssim(low, high))}
     per_image.append(record)

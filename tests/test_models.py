@@ -112,9 +112,9 @@ def test_masked_conv_equals_formula():
   for activation, act in (('relu', lambda v: np.maximum(v, 0)), ('identity', lambda v: v)):
     for fused in (True, False):
       mc = layers.MaskedConv(4, activation, fused=fused)
-      params = mc.init(jax.random.key(0), x)['params']
+      params = jax.jit(mc.init)(jax.random.key(0), x)['params']
       params = jax.tree.map(lambda p: p + 0.1, params)  # non-zero biases
-      got = mc.apply({'params': params}, x)
+      got = jax.jit(mc.apply)({'params': params}, x)
       want = (act(numpy_conv3x3(x, params['feature_kernel'], params['feature_bias']))
               * sigmoid(numpy_conv3x3(x, params['mask_kernel'], params['mask_bias'])))
       np.testing.assert_allclose(got, want, atol=1e-5)
@@ -124,20 +124,21 @@ def test_masked_residual_block_and_convlstm_equal_formulas():
   rng = np.random.default_rng(0)
   x = rng.standard_normal((1, 5, 6, 4)).astype(np.float32)
   block = layers.MaskedResidualBlock(4)
-  p = block.init(jax.random.key(0), x)['params']
+  p = jax.jit(block.init)(jax.random.key(0), x)['params']
 
   def mc(v, q):
     return (np.maximum(numpy_conv3x3(v, q['feature_kernel'], q['feature_bias']), 0)
             * sigmoid(numpy_conv3x3(v, q['mask_kernel'], q['mask_bias'])))
 
-  np.testing.assert_allclose(block.apply({'params': p}, x), x + mc(mc(x, p['mc1']), p['mc2']),
+  np.testing.assert_allclose(jax.jit(block.apply)({'params': p}, x),
+                             x + mc(mc(x, p['mc1']), p['mc2']),
                              atol=1e-5)
 
   h0 = rng.standard_normal((1, 5, 6, 4)).astype(np.float32)
   c0 = rng.standard_normal((1, 5, 6, 4)).astype(np.float32)
   cell = layers.ConvLSTM(4)
-  q = cell.init(jax.random.key(1), x, (h0, c0))['params']
-  h, (h_state, c) = cell.apply({'params': q}, x, (h0, c0))
+  q = jax.jit(cell.init)(jax.random.key(1), x, (h0, c0))['params']
+  h, (h_state, c) = jax.jit(cell.apply)({'params': q}, x, (h0, c0))
   gates = numpy_conv3x3(np.concatenate([x, h0], -1), q['gates']['kernel'], q['gates']['bias'])
   i, f, g, o = np.split(gates, 4, axis=-1)
   c_want = sigmoid(f) * c0 + sigmoid(i) * np.tanh(g)
@@ -151,9 +152,9 @@ def test_layer_attention_equals_numpy():
   batch, num_layers, height, width, channels = 2, 3, 4, 5, 2
   feats = rng.standard_normal((batch, num_layers, height, width, channels)).astype(np.float32)
   lam = layers.LayerAttention(features=3)
-  params = lam.init(jax.random.key(0), feats)['params']
+  params = jax.jit(lam.init)(jax.random.key(0), feats)['params']
   params = {**params, 'gamma': jnp.float32(0.37)}
-  got = lam.apply({'params': params}, feats)
+  got = jax.jit(lam.apply)({'params': params}, feats)
 
   f = feats.reshape(batch, num_layers, -1).astype(np.float64)
   energy = f @ np.transpose(f, (0, 2, 1))
