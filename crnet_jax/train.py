@@ -29,9 +29,9 @@
   process 0 only. Every process saves its shards of the checkpoints (orbax).
 - Robustness (README.md, "Many hosts, kills, bad inputs"): the config is validated
   (`ConfigError`) and the workdir checked for writing and free space before any data is built;
-  a failed save raises `CheckpointSaveError` (an OSError naming the folder); a run killed anywhere resumes from the
-  newest complete checkpoint, and the log lines after it are dropped, so the result equals an
-  uninterrupted run's.
+  a failed save raises `CheckpointSaveError` (an OSError naming the folder); a run killed
+  anywhere resumes from the newest complete checkpoint, and the log lines after it are dropped,
+  so the result equals an uninterrupted run's.
 - A non-finite loss (or gradient norm) stops the run with `NonFiniteLossError`, naming the step
   and the loss terms; a state that produced it is never saved.
 """
