@@ -25,8 +25,8 @@ Arguments (comma-separated, combinable: `--config=configs/crnet.py:demo,mrn`):
     1200 steps (54.5 epochs of 22 steps), learning rate 2e-3 halved at steps 660 and 990, on the
     embedded default data (6 train / 2 test pairs darkened from scikit-image's photos).
     `python main.py --config=configs/crnet.py:demo --workdir=/tmp/demo_crnet`
-    Measured (2 CPU cores, no GPU, 2026-11-24): 2 min 07 s wall time in all (about 17 steps/s,
-    135 patches/s); test PSNR 21.54 dB / SSIM 0.658 at the last step, 22.61 dB / 0.660 at
+    Measured (2 CPU cores, no GPU, 2026-11-24): 2 min 06 s wall time in all (about 14 steps/s,
+    110 patches/s); test PSNR 21.52 dB / SSIM 0.658 at the last step, 22.57 dB / 0.660 at
     step 1100 (the best checkpoint), against 7.73 dB / 0.165 for the input itself (identity).
   - `test`: tiny, for the tests (a few seconds): features 4, 2 groups x 1 x 1 block, the
     default data downscaled to 64 pixels, 16x16 patches, batch 4, 3 steps.

@@ -24,8 +24,8 @@ Arguments (comma-separated, combinable: `--config=configs/mcmt.py:demo,ours-`):
     unlabeled patches per step, 800 steps, learning rate 2e-3 halved at steps 480 and 720, on the
     embedded default data (10% labels: 1 labeled and 5 unlabeled train images, 2 test pairs).
     `python main.py --config=configs/mcmt.py:demo --workdir=/tmp/demo_mcmt`
-    Measured (2 CPU cores, no GPU, 2026-11-24): 2 min 38 s wall time in all (about 7 steps/s,
-    115 patches/s); test PSNR 16.72 dB / SSIM 0.585 (student), 16.35 dB / 0.582 (teacher) at
+    Measured (2 CPU cores, no GPU, 2026-11-24): 2 min 38 s wall time in all (about 6 steps/s,
+    95 patches/s); test PSNR 16.69 dB / SSIM 0.585 (student), 16.32 dB / 0.582 (teacher) at
     the last step, against 7.73 dB / 0.165 for the input itself (identity). With a single
     labeled image this demo shows the mechanics, not the paper's gain.
   - `test`: tiny, for the tests (a few seconds).
