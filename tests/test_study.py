@@ -1,6 +1,6 @@
 """The study of issue 8 (configs/study.py, benchmarks/study.py) end to end at CPU scale.
 
-A tiny copy of the shared data layout is generated in tmp_path (never ../shared): a few small
+A tiny copy of the shared data layout is generated in tmp_path (never the real shared data folder): a few small
 photos for BSDS500 (with its id lists), SunHays80 and Urban100_sub20, the LOL 778 pair and two
 more LOL lows, DICM and LIME photos. Then pack -> prepare -> run (two runs, `cpu` size,
 in-process) -> evaluate -> report, checking what each step writes.
@@ -36,7 +36,7 @@ def _save(path, image, **kwargs):
 
 @pytest.fixture(scope='module')
 def shared(tmp_path_factory):
-  """A miniature ../shared/data: 10 train photos, 2 test photos, LOL, DICM, LIME."""
+  """A miniature copy of the shared data layout: 10 train photos, 2 test photos, LOL, DICM, LIME."""
   root = str(tmp_path_factory.mktemp('shared'))
   rng = np.random.default_rng(0)
   train_ids = ['100', '101', '102', '103', '104', '105', '106']  # train, test and val
