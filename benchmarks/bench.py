@@ -66,7 +66,6 @@ if __name__ == '__main__':
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402

@@ -3,7 +3,8 @@
 (a) `save_inference_checkpoint(dir, params, model_config)` writes an orbax checkpoint that holds
     only the inference parameters (`dir/params`) and the model config (`dir/model_config.json`,
     written last: a directory without it is an unfinished export and is refused).
-    `load_inference_checkpoint(dir)` returns `(model, params)` without any training state.
+    `load_inference_checkpoint(dir)` returns `(model, params, model_config)` without any
+    training state.
 (b) `export_enhance_function(path, model, params)` serializes the clipped forward pass with
     symbolic batch, height and width (`jax.export`), parameters embedded. The file runs with jax
     alone, without crnet_jax:
@@ -66,8 +67,9 @@ def save_inference_checkpoint(directory: str, params: Any,
   return directory
 
 
-def load_inference_checkpoint(directory: str) -> tuple[models.CRNet, Any]:
-  """`(model, params)` from a directory written by `save_inference_checkpoint`."""
+def load_inference_checkpoint(
+    directory: str) -> tuple[models.CRNet, Any, ml_collections.ConfigDict]:
+  """`(model, params, model_config)` from a directory written by `save_inference_checkpoint`."""
   directory = os.path.abspath(directory)
   config_path = os.path.join(directory, MODEL_CONFIG_FILE)
   if not os.path.isfile(config_path):
@@ -79,7 +81,7 @@ def load_inference_checkpoint(directory: str) -> tuple[models.CRNet, Any]:
                             jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32))['params']
   with ocp.StandardCheckpointer() as checkpointer:
     params = checkpointer.restore(os.path.join(directory, PARAMS_DIR), abstract)
-  return model, params
+  return model, params, model_config
 
 
 def load_model(path: str, which: str = 'student',
@@ -102,9 +104,7 @@ def load_model(path: str, which: str = 'student',
     if which == 'teacher':
       raise ValueError(f'{path}: an exported model holds one set of parameters; '
                        "use --params=student")
-    model, params = load_inference_checkpoint(path)
-    return model, params, _model_config_from_dict(
-        json.load(open(os.path.join(path, MODEL_CONFIG_FILE))))
+    return load_inference_checkpoint(path)
   config_path = os.path.join(path, 'config.json')
   if not os.path.isfile(config_path):
     raise FileNotFoundError(f'{path}: neither a training workdir (no config.json) nor an '
@@ -130,11 +130,7 @@ def export_enhance_function(path: str, model: models.CRNet, params: Any,
   The parameters are embedded as constants. Returns the bytes it wrote to `path`.
   """
   params = jax.device_get(params)
-
-  def enhance(x):
-    final, _ = model.apply({'params': params}, x)
-    return jnp.clip(final, 0.0, 1.0)
-
+  enhance = lambda x: models.enhance(model, params, x)
   b, h, w = jax.export.symbolic_shape('b, h, w')
   exported = jax.export.export(jax.jit(enhance), platforms=platforms)(
       jax.ShapeDtypeStruct((b, h, w, 3), jnp.float32))

@@ -26,6 +26,7 @@ listed and skipped. `evaluate_pairs` scores a paired folder and draws figures.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -98,11 +99,7 @@ class Enhancer:
     self.tiling = tiling
     self.halo = tiling.tile_overlap or models.receptive_radius(model)
 
-    def forward(params, x, mask):
-      final, _ = model.apply({'params': params}, x, mask)
-      return jnp.clip(final, 0.0, 1.0)
-
-    self._forward = jax.jit(forward)
+    self._forward = jax.jit(functools.partial(models.enhance, model))
     self._tiled = jax.jit(self._tiled_forward)
 
   def forward(self, batch: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:

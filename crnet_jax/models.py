@@ -156,6 +156,15 @@ def init_params(model: CRNet, rng: Array) -> Any:
     return model.init(rng, jnp.zeros((1, 16, 16, 3), jnp.float32))['params']
 
 
+def enhance(model: CRNet, params: Any, x: Array, mask: Array | None = None) -> Array:
+  """The network's final image, clipped to [0, 1]: what evaluation, inference and export use.
+
+  With the pixel `mask` of a padded batch, each image's output on its real pixels is exactly its
+  unpadded output (padding and the other images in the batch change nothing).
+  """
+  return jnp.clip(model.apply({'params': params}, x, mask)[0], 0.0, 1.0)
+
+
 def lmrg_of(model: CRNet, name: str | None = None, remat: bool = False) -> LMRG:
   """The LMRG that `model` builds for each group (apply it with `params['lmrg_<i>']`).
 

@@ -378,19 +378,10 @@ def eval_step(model: models.CRNet, params: PyTree, teacher_params: PyTree | None
   for name, p in (('student', params), ('teacher', teacher_params)):
     if p is None:
       continue
-    outputs[name] = enhance(model, p, batch['low'], mask)
+    outputs[name] = models.enhance(model, p, batch['low'], mask)
     metrics[f'{name}_psnr'] = losses.psnr(outputs[name], high, mask=mask)
     metrics[f'{name}_ssim'] = losses.ssim(outputs[name], high, mask=mask)
   return metrics, outputs
-
-
-def enhance(model: models.CRNet, params: PyTree, low: Array, mask: Array | None = None) -> Array:
-  """The network's final output, clipped to [0, 1].
-
-  With the pixel `mask` of a padded batch, each image's output on its real pixels is exactly its
-  unpadded output (padding and the other images in the batch change nothing).
-  """
-  return jnp.clip(model.apply({'params': params}, low, mask)[0], 0.0, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,9 +15,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import pytorch_crnet  # noqa: E402
-from configs import default  # noqa: E402
 from crnet_jax import losses  # noqa: E402
 from crnet_jax import models  # noqa: E402
+from tests.test_models import tiny_model_config  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -32,16 +32,6 @@ def exact_single_threaded_torch():
   yield
   torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, threads = saved
   torch.set_num_threads(threads)
-
-
-def tiny_model_config(**overrides):
-  config = default.get_model_config()
-  config.features = 8
-  config.num_groups = 2
-  config.recurrences = 2
-  config.num_blocks = 2
-  config.update(overrides)
-  return config
 
 
 def random_flax_params(model, x, seed=0):
