@@ -66,7 +66,12 @@ def initialize_distributed() -> None:
                                num_processes=FLAGS.num_processes,
                                process_id=FLAGS.process_id)
   elif FLAGS.distributed_auto:
-    jax.distributed.initialize()
+    try:
+      jax.distributed.initialize()
+    except ValueError as e:  # no cluster environment (e.g. one process on a workstation)
+      sys.exit(f'error: --distributed_auto: jax.distributed.initialize() found no cluster to '
+               f'join ({e}); drop the flag to run as one process, or give '
+               '--coordinator_address, --num_processes and --process_id')
 
 
 def _train(config, workdir: str):

@@ -50,6 +50,7 @@ from crnet_jax.datasets import base as datasets_base
 from crnet_jax.image_io import DataError
 
 DATASETS = ('default', 'lol', 'paired_folders', 'synthetic_pairs')
+EPOCH_IMAGES = ('labeled', 'all')  # config.data.epoch_images
 LOL_OVERRIDE = '--config.data.dataset=lol --config.data.lol_dir=/path/to/LOL'
 
 
@@ -447,13 +448,19 @@ def create_train_iterator(config: ml_collections.ConfigDict, *, process_index: i
 
 
 def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
-  """floor(labeled train images * patches_per_image / batch_size), at least 1.
+  """floor(train images * patches_per_image / batch_size), at least 1.
 
-  An "epoch" is one pass over the labeled patches; the stream is continuous, so a batch can
-  straddle two epochs.
+  With `data.epoch_images='labeled'` (the default) the images counted are the labeled ones, so an
+  "epoch" is one pass over the labeled patches; with 'all', every train pair, labeled or not (for
+  MCMT with 10% labels, 10x the steps). The stream is continuous, so a batch can straddle two
+  epochs.
   """
-  d = config.data
-  n = len(_train_data_counts(config)[0])
+  labeled, _, n = _train_data_counts(config)
+  return _steps_per_epoch(config.data, len(labeled), n)
+
+
+def _steps_per_epoch(d: ml_collections.ConfigDict, num_labeled: int, num_pairs: int) -> int:
+  n = num_pairs if d.get('epoch_images', 'labeled') == 'all' else num_labeled
   return max(1, (n * int(d.patches_per_image)) // int(d.batch_size))
 
 
@@ -580,6 +587,5 @@ def dataset_summary(config: ml_collections.ConfigDict) -> dict[str, Any]:
     desc = f'synthetic pairs darkened from the photos in {d.photos_dir} ({counts})'
   return {'dataset': d.dataset, 'labeled': len(labeled), 'unlabeled': unlabeled, 'test': test,
           'train_pairs': n,
-          'steps_per_epoch': max(1, (len(labeled) * int(d.patches_per_image)) // int(
-              d.batch_size)),
+          'steps_per_epoch': _steps_per_epoch(d, len(labeled), n),
           'description': desc}

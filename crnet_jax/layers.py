@@ -229,7 +229,8 @@ def layer_energy(layers: Array, mask: Array | None = None) -> Array:
   if mask is not None:
     flat = flat * mask[:, None, :, :, None].astype(jnp.float32)
   flat = flat.reshape(layers.shape[0], layers.shape[1], -1)
-  return jnp.einsum('bik,bjk->bij', flat, flat)
+  # HIGHEST: on GPUs a float32 dot defaults to TF32 (10 mantissa bits); E sums H*W*C products.
+  return jnp.einsum('bik,bjk->bij', flat, flat, precision=jax.lax.Precision.HIGHEST)
 
 
 def layer_energy_of_list(outputs: Sequence[Array], mask: Array | None = None) -> Array:

@@ -169,6 +169,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
        f'data.unlabeled_dirs must be a folder or a tuple of folders, got {dirs!r}')
   need(is_num(d.label_fraction) and 0.0 < d.label_fraction <= 1.0,
        f'data.label_fraction must be in (0, 1], got {d.label_fraction!r}')
+  e = d.get('epoch_images', 'labeled')
+  need(e in input_pipeline.EPOCH_IMAGES,
+       f'data.epoch_images must be one of {input_pipeline.EPOCH_IMAGES}, got {e!r}')
   for key in ('patch_size', 'patches_per_image', 'eval_batch_size'):
     need(is_int(d[key]) and d[key] > 0, f'data.{key} must be a positive integer, got {d[key]!r}')
   need(d.patch_size >= losses.SSIM_WINDOW,

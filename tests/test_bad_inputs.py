@@ -259,7 +259,8 @@ def test_bad_data_is_refused_naming_the_file_and_touches_no_checkpoint(corpus, e
       ('batch_size', -4, 'got -4'),
       ('label_fraction', 0.0, 'data.label_fraction must be in (0, 1], got 0.0'),
       ('label_fraction', 1.5, 'data.label_fraction must be in (0, 1], got 1.5'),
-      ('patch_size', 8, 'data.patch_size must be at least the SSIM window (11)')]:
+      ('patch_size', 8, 'data.patch_size must be at least the SSIM window (11)'),
+      ('epoch_images', 'unlabeled', "data.epoch_images must be one of ('labeled', 'all')")]:
     config = paired_config(root, root / 'formats' / 'low', root / 'formats' / 'high')
     config.data[key] = value
     refused(config, train.ConfigError, fragment)
@@ -290,6 +291,8 @@ def test_main_py_exits_with_a_clear_message(corpus, tmp_path):
       'bad value': (main_py('--config=configs/mcmt.py:test', '--config.data.label_fraction=2',
                             workdir=tmp_path / 'd'),
                     ['error: data.label_fraction must be in (0, 1], got 2']),
+      'no cluster': (main_py('--mode=enhance', '--distributed_auto', workdir=tmp_path / 'e'),
+                     ['error: --distributed_auto: jax.distributed.initialize() found no cluster']),
   }
   for name, (proc, fragments) in runs.items():
     _, stderr = proc.communicate(timeout=240)
@@ -298,5 +301,5 @@ def test_main_py_exits_with_a_clear_message(corpus, tmp_path):
     last = stderr.strip().splitlines()[-1]
     for fragment in fragments:
       assert fragment in last, (name, fragment, last)
-  for name in 'bcd':  # config errors stop before the workdir is touched
+  for name in 'bcde':  # config errors stop before the workdir is touched
     assert not os.path.exists(tmp_path / name)

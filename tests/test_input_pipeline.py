@@ -181,7 +181,9 @@ def test_mcmt_pool_is_the_unlabeled_lows_plus_extra(folders):
   assert _sources_of(batches, 'unlabeled', lows) == set(unl.tolist()) | {'extra'}
   s = ip.dataset_summary(c)
   assert (s['labeled'], s['unlabeled'], s['test'], s['train_pairs']) == (2, 3, 3, 4)
-  assert ip.steps_per_epoch(c) == (2 * 3) // 4
+  assert ip.steps_per_epoch(c) == (2 * 3) // 4 == s['steps_per_epoch']
+  c.data.epoch_images = 'all'  # every train pair counts, labeled or not
+  assert ip.steps_per_epoch(c) == (4 * 3) // 4 == ip.dataset_summary(c)['steps_per_epoch']
 
 
 def test_mcmt_full_labels_pool_is_the_labeled_lows(folders):

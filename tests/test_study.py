@@ -73,7 +73,7 @@ def shared(tmp_path_factory):
 
 def test_configs_define_every_run_with_equal_budgets():
   for run in study_config.RUNS:
-    for size in ('', 'cpu', 'half'):
+    for size in ('',) + study_config.SIZES:
       config = study_config.get_config(f'{run},{size}' if size else run)
       assert config.seed == config.data.seed == study_config.SEED
       assert config.data.dataset == 'paired_folders'
@@ -82,6 +82,7 @@ def test_configs_define_every_run_with_equal_budgets():
   for lf in (0.1, 1.0):
     labeled = 53 if lf < 1 else 532
     assert labeled * study_config.patches_per_image(lf) // 16 == 99
+    assert labeled * study_config.patches_per_image(lf, base=10) // 8 == 66  # the `small` size
   full = study_config.get_config('crnet100')
   assert full.model.dtype == 'bfloat16' and full.data.patch_size == 128
   assert full.num_epochs == 100 and full.data.label_fraction == 1.0
