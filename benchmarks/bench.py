@@ -318,7 +318,7 @@ def bench_infer(config: ml_collections.ConfigDict, case: str, dtype: str, opts: 
   if path == 'tiled':
     halo = tiling.tile_overlap or models.receptive_radius(model)
     th, tw = min(tiling.tile_size, ph), min(tiling.tile_size, pw)
-    record.update(tile=[th, tw], halo=halo,
+    record.update(tile=[th, tw], halo=halo, cache_blocks=tiling.cache_blocks,
                   tiles=len(inference.tile_windows(ph, th, halo))
                   * len(inference.tile_windows(pw, tw, halo)))
   record.update(summary, images_per_s=1e3 / summary['median_ms'], compile_s=compile_s,

@@ -1051,7 +1051,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of runs, 'core', 'ablations' or 'all' (default: "
                         f"{runs_default or 'the runs found in --work'})")
     p.add_argument('--size', default='', choices=('',) + study_config.SIZES,
-                   help="configs/study.py size: '' (GPU, the paper's schedule), 'half', 'small' (CPU scale), 'cpu'")
+                   help="configs/study.py size: '' (GPU, the paper's schedule), 'half', "
+                   "'small' (CPU scale), 'cpu'")
 
   p = sub.add_parser('pack', help='copy the sources into a compact folder of the same layout')
   p.add_argument('--shared', default=os.path.join(REPO, '..', 'shared', 'data'))

@@ -27,13 +27,14 @@ Arguments (comma-separated, `--config=configs/study.py:cpu,mcmt10`): one run and
     the student and the teacher on CBSD68 every 4 epochs (25 points on the PSNR-vs-step curve).
   - `half`: the same for 50 epochs (learning rate halved at epochs 10, 20, 30 and 45, evaluation
     every 2 epochs).
-  - `small`: the study at CPU scale (about 20 minutes per supervised run and 40 per MCMT run on 2 CPU cores): a small
-    CRNet (C 8, 2 groups x 1 recurrence x 2 blocks) in float32, 32x32 patches, 8 labeled (+ 8
-    unlabeled) patches per step, 10 patches per labeled photo and epoch at 10% labels (1 at
-    100%: 53 * 10 // 8 = 532 * 1 // 8 = 66 steps per epoch), and the paper's schedule otherwise:
-    100 epochs (6,600 steps), Adam 5e-4 halved at epochs 20, 40, 60 and 90; evaluation every 10
-    epochs (one evaluation of the 68 CBSD68 photos costs as much CPU as ~900 training steps).
-    Not the paper's network: a preview of the claim, not its measurement.
+  - `small`: the study at CPU scale (about 35 minutes per supervised run and 70 per MCMT run
+    on 2 CPU cores, most of it evaluation): a small CRNet (C 8, 2 groups x 1 recurrence x 2
+    blocks) in float32, 32x32 patches, 8 labeled (+ 8 unlabeled) patches per step, 10 patches
+    per labeled photo and epoch at 10% labels (1 at 100%: 53 * 10 // 8 = 532 * 1 // 8 = 66 steps
+    per epoch), and the paper's schedule otherwise: 100 epochs (6,600 steps), Adam 5e-4 halved
+    at epochs 20, 40, 60 and 90; evaluation every 10 epochs (one evaluation of the 68 CBSD68
+    photos costs as much CPU time as ~1,000 training steps). Not the paper's network: a preview of the
+    claim, not its measurement.
   - `cpu`: a tiny CRNet (C 4, 2 groups x 1 x 1 block), 32x32 patches, batches of 4 (+ 4),
     4 steps: for the tests and for a CPU smoke run that proves the wiring.
 

@@ -12,6 +12,7 @@ return final = stage_N, intermediates = (stage_1 .. stage_{N-1})
 The intermediate stages feed the mid-step loss L_ms and the mid-consistency L_mc.
 """
 
+from collections.abc import Sequence
 import contextlib
 from typing import Any
 
@@ -52,9 +53,12 @@ class LMRG(nn.Module):
   ```
   `mask` (batch, H, W, 1), 1 on real pixels, makes a padded image compute exactly what the
   unpadded one does (`layers.apply_mask`); evaluation and inference pass it, training does not.
-  Tiled inference runs a pass in two parts: with `energy_mask` the call returns the layer
-  attention's energy over the masked pixels (summed over tiles it is the whole image's energy);
-  with `energy` the layer attention uses that energy instead of its own.
+  Tiled inference (`crnet_jax.inference`) runs a pass in two parts. Part one, with
+  `energy_mask`: head, memory and blocks only, returning `(blocks, state, energy)`: the block
+  outputs (B of them; only f_B without layer attention), the new memory state and the layer
+  attention's energy over the pixels of `energy_mask` (summed over tiles it is the whole image's
+  energy; None without layer attention). Part two, with `blocks` (those outputs, gathered over
+  the tiles) and `energy` (the summed energy): layer attention, tail and skip only, returning y'.
   """
   features: int = 32
   num_blocks: int = 5
@@ -71,39 +75,44 @@ class LMRG(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, y: Array, state: layers.MemoryState, *,
+  def __call__(self, x: Array, y: Array, state: layers.MemoryState | None, *,
                mask: Array | None = None, energy: Array | None = None,
-               energy_mask: Array | None = None) -> tuple[Array, layers.MemoryState] | Array:
+               energy_mask: Array | None = None, blocks: Sequence[Array] | None = None):
     common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     masked = lambda v: layers.apply_mask(v, mask)
     conv_cls = layers.MaskedConv if self.masked_conv else layers.PlainConv
-    inputs = masked(jnp.concatenate([x, y], axis=-1).astype(self.dtype))
-    z = masked(conv_cls(self.features, self.activation, fused=self.fused_masked_conv, **common,
-                        name='head')(inputs))
-    h, state = layers.MEMORY_MODULES[self.memory](self.features, **common, name='memory')(z, state)
-    h, state = masked(h), tuple(masked(s) for s in state)
-    block_cls = layers.MaskedResidualBlock
-    if self.remat_blocks:
-      block_cls = nn.remat(block_cls, policy=remat_policy(self.remat_policy))
-    block_outputs = []
-    for b in range(self.num_blocks):
-      h = block_cls(self.features, self.activation, masked=self.masked_conv,
-                                     fused=self.fused_masked_conv, **common,
-                                     name=f'block_{b}')(h, mask)
-      block_outputs.append(h)
-    if energy_mask is not None:
-      if self.layer_attention_impl == 'concat':
-        return layers.layer_energy_of_list(block_outputs, energy_mask)
-      return layers.layer_energy(jnp.stack(block_outputs, axis=1), energy_mask)
+    part_two = blocks is not None
+    if not part_two:
+      inputs = masked(jnp.concatenate([x, y], axis=-1).astype(self.dtype))
+      z = masked(conv_cls(self.features, self.activation, fused=self.fused_masked_conv, **common,
+                          name='head')(inputs))
+      h, state = layers.MEMORY_MODULES[self.memory](self.features, **common,
+                                                    name='memory')(z, state)
+      h, state = masked(h), tuple(masked(s) for s in state)
+      block_cls = layers.MaskedResidualBlock
+      if self.remat_blocks:
+        block_cls = nn.remat(block_cls, policy=remat_policy(self.remat_policy))
+      blocks = []
+      for b in range(self.num_blocks):
+        h = block_cls(self.features, self.activation, masked=self.masked_conv,
+                      fused=self.fused_masked_conv, **common, name=f'block_{b}')(h, mask)
+        blocks.append(h)
+      if energy_mask is not None:  # tiled inference, part one
+        if not self.layer_attention:
+          return blocks[-1:], state, None
+        if self.layer_attention_impl == 'concat':
+          return blocks, state, layers.layer_energy_of_list(blocks, energy_mask)
+        return blocks, state, layers.layer_energy(jnp.stack(blocks, axis=1), energy_mask)
     if self.layer_attention:
       u = masked(layers.LayerAttention(self.features, impl=self.layer_attention_impl, **common,
-                                       name='layer_attention')(block_outputs, energy))
+                                       name='layer_attention')(blocks, energy))
     else:
-      u = h
+      u = blocks[-1]
     residual = conv_cls(x.shape[-1], 'identity', fused=self.fused_masked_conv, **common,
                         name='tail')(u)
     base = x if self.skip == 'input' else y
-    return base.astype(jnp.float32) + residual.astype(jnp.float32), state
+    out = base.astype(jnp.float32) + residual.astype(jnp.float32)
+    return out if part_two else (out, state)
 
 
 class CRNet(nn.Module):

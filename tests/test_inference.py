@@ -61,7 +61,8 @@ def test_tile_windows_partition_the_image():
     inference.tile_windows(100, 20, 10)
 
 
-@pytest.mark.parametrize('overrides', [{}, {'memory': 'convgru', 'layer_attention': False}])
+@pytest.mark.parametrize('overrides', [
+    {}, {'memory': 'convgru', 'layer_attention': False, 'skip': 'previous'}])
 def test_tiled_equals_whole_image(tiny, overrides):
   model, params, _ = tiny
   if overrides:
@@ -74,14 +75,34 @@ def test_tiled_equals_whole_image(tiny, overrides):
   whole = inference.Enhancer(model, params, inference.TilingConfig(max_whole_pixels=10**8))
   tiled = inference.Enhancer(model, params, inference.TilingConfig(max_whole_pixels=1,
                                                                    tile_size=64))
+  recompute = inference.Enhancer(model, params, inference.TilingConfig(
+      max_whole_pixels=1, tile_size=64, cache_blocks=False))
   a, b = whole(image), tiled(image)
   assert a.shape == b.shape == image.shape
   assert np.abs(a - image).max() > 0.05  # the network really changes the image
   np.testing.assert_allclose(a, b, atol=1e-3)
+  # Recomputing the block outputs in each pass's second part instead of keeping them.
+  np.testing.assert_allclose(recompute(image), b, atol=1e-5)
   # The tiles do see only part of the image: with too little context the seams show.
   rough = inference.Enhancer(model, params, inference.TilingConfig(
       max_whole_pixels=1, tile_size=64, tile_overlap=2))
   assert np.abs(rough(image) - a).max() > 1e-3
+
+
+def test_tiled_memory_does_not_grow_with_the_passes():
+  # The passes run in one loop: one pass's full-resolution buffers, whatever N x T is.
+  temp = {}
+  for groups in (1, 4):
+    config = default.get_model_config()
+    config.update(features=4, num_groups=groups, recurrences=2, num_blocks=2)
+    model = models.create_model(config)
+    enhancer = inference.Enhancer(model, init(model, 0)['params'], inference.TilingConfig(
+        max_whole_pixels=1, tile_size=64))
+    x, m = jnp.zeros((1, 256, 256, 3)), jnp.ones((1, 256, 256, 1))
+    tiled = enhancer._tiled  # pylint: disable=protected-access
+    compiled = tiled.lower(enhancer.params, x, m).compile()
+    temp[groups] = compiled.memory_analysis().temp_size_in_bytes
+  assert temp[4] < 1.1 * temp[1], temp
 
 
 def test_bucket_padding_crops_back_exactly(tiny):
