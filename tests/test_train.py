@@ -208,11 +208,9 @@ def test_evaluation_with_padded_batches_equals_per_image_mean(data_dir):
   config = make_config('supervised', data_dir)
   model, _, fns = functions_for(config)
   state = fns.init(jax.random.PRNGKey(1))
-  # The padded size of the test split, so that the compiled eval step is shared with the runs.
-  test_split = input_pipeline.create_eval_dataset(config)
-  hp, wp = test_split.padded_height, test_split.padded_width
   rng = np.random.default_rng(0)
-  shapes = [(hp, wp), (hp - 7, wp - 13), (hp, wp), (hp - 7, wp - 13), (hp - 7, wp - 13)]
+  # Landscape images (0, 1, 3) and portrait ones (2, 4): two padded shapes, not one 48x48.
+  shapes = [(32, 48), (25, 35), (48, 32), (32, 48), (41, 27)]
   source = []
   for i, (h, w) in enumerate(shapes):
     high = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -220,11 +218,15 @@ def test_evaluation_with_padded_batches_equals_per_image_mean(data_dir):
     source.append({'low': low, 'high': high, 'name': f'img{i}'.encode()})
   meta = {'names': [f'img{i}' for i in range(len(shapes))],
           'heights': [h for h, _ in shapes], 'widths': [w for _, w in shapes]}
-  # 5 images in batches of 4: the last batch holds one real image and three padding images.
+  # 5 images in batches of 4: 3 landscape and 2 portrait ones, each batch completed by padding.
   eval_ds = input_pipeline.EvalDataset(source, meta, batch_size=4, pad_multiple=8)
   batches = list(eval_ds)
-  assert len(batches) == 2 and list(batches[1]['valid']) == [True, False, False, False]
-  assert batches[0]['low'].shape == (4, hp, wp, 3)
+  assert len(eval_ds) == len(batches) == 2 and eval_ds.shapes == [(32, 48), (48, 32)]
+  assert batches[0]['low'].shape == (4, 32, 48, 3) and batches[1]['low'].shape == (4, 48, 32, 3)
+  assert list(batches[0]['valid']) == [True, True, True, False]
+  assert list(batches[1]['valid']) == [True, True, False, False]
+  assert [list(b['name'][b['valid']]) for b in batches] == [['img0', 'img1', 'img3'],
+                                                             ['img2', 'img4']]
 
   results, examples = train.evaluate(fns, state.params, None, eval_ds, num_images=2)
 
@@ -243,7 +245,7 @@ def test_evaluation_with_padded_batches_equals_per_image_mean(data_dir):
     expected = np.mean([float(p[key][0]) for p in per_image])
     assert results[key] == pytest.approx(expected, rel=1e-4, abs=1e-5), key
   assert [ex['name'] for ex in examples] == ['img0', 'img1']
-  assert examples[1]['student'].shape == (hp - 7, wp - 13, 3)
+  assert examples[1]['student'].shape == (25, 35, 3)
 
 
 def test_validate_config_names_the_key(data_dir):
