@@ -201,8 +201,9 @@ def test_eval_padding_mask_valid(folders):
   assert len(list(ev)) == 2  # re-iterable
   sizes = {'t0': (16, 20), 't1': (24, 12), 't2': (10, 10)}
   seen = []
-  for b in batches:
-    assert b['low'].shape == (2, 24, 24, 3) and b['mask'].shape == (2, 24, 24, 1)
+  # Landscape and square images (t0, t2) padded to 16x24, then the portrait one (t1) to 24x16.
+  for b, (hp, wp) in zip(batches, [(16, 24), (24, 16)]):
+    assert b['low'].shape == (2, hp, wp, 3) and b['mask'].shape == (2, hp, wp, 1)
     assert b['valid'].dtype == bool and b['height'].dtype == np.int32
     for j in range(2):
       if not b['valid'][j]:
@@ -216,7 +217,7 @@ def test_eval_padding_mask_valid(folders):
       np.testing.assert_array_equal(to_u8(b['high'][j, :h, :w]), hi)
       np.testing.assert_array_equal(to_u8(b['low'][j, :h, :w]), hi // 2)
       assert b['high'][j, h:].sum() == 0 and b['high'][j, :, w:].sum() == 0
-  assert seen == ['t0', 't1', 't2']
+  assert seen == ['t0', 't2', 't1']
   assert batches[1]['valid'].tolist() == [True, False]
 
 
