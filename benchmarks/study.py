@@ -839,10 +839,13 @@ def reading_aids(runs: dict[str, dict[str, Any]]) -> list[str]:
         part += f', {100 * (p - low) / (high - low):.0f}% of the crnet10 -> crnet100 gap'
       cross = crossing_step(runs[run]['curve'], runs['crnet10']['curve'], f'{which}_psnr')
       part += (f', above crnet10 at every evaluation from step {cross} on' if cross is not None
-               else ', not above crnet10 (by 0.01 dB) at the last evaluation')
+               else ', not more than 0.01 dB above crnet10 at the last evaluation')
       parts.append(part)
     if parts:
       lines.append(f'- `{run}` (CBSD68 PSNR): ' + '; '.join(parts) + '.')
+  if lines and low is not None and high is not None and high <= low:
+    lines.append(f'- `crnet100` ({high:.2f} dB) is not above `crnet10` ({low:.2f} dB) here: '
+                 'there is no 10% -> 100% gap to close.')
   return lines
 
 

@@ -125,6 +125,9 @@ def test_crossing_step_and_gap():
   (line,) = study.reading_aids(runs)
   assert '+3.00 dB vs crnet10, 75% of the crnet10 -> crnet100 gap' in line
   assert 'from step 200 on' in line
+  runs['crnet100']['evaluation']['models']['student']['cbsd68']['psnr'] = 19.0  # below crnet10
+  line, note = study.reading_aids(runs)
+  assert 'gap' not in line and 'no 10% -> 100% gap to close' in note
 
 
 def test_study_end_to_end(shared, tmp_path):
