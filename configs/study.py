@@ -90,10 +90,7 @@ def patches_per_image(label_fraction: float, base: int = PATCHES_PER_IMAGE) -> i
 
 def _apply_size(config: ml_collections.ConfigDict, size: str | None, label_fraction: float) -> None:
   c = config
-  if size is None or size == 'half':
-    c.model.dtype = 'bfloat16'
-    c.data.update(patch_size=128, batch_size=16, unlabeled_batch_size=16, eval_batch_size=4,
-                  patches_per_image=patches_per_image(label_fraction))
+  if size in (None, 'half', 'small'):  # the paper's schedule
     c.num_epochs = 100
     c.lr_decay_epochs = (20, 40, 60, 90)
     c.eval_every_epochs = 4
@@ -101,21 +98,19 @@ def _apply_size(config: ml_collections.ConfigDict, size: str | None, label_fract
     c.max_to_keep = 2
     c.log_every_steps = 50
     c.num_eval_images = 2
+    if size == 'small':
+      c.model.update(features=8, num_groups=2, recurrences=1, num_blocks=2, dtype='float32')
+      c.data.update(patch_size=32, batch_size=8, unlabeled_batch_size=8, eval_batch_size=4,
+                    patches_per_image=patches_per_image(label_fraction, base=10))
+      c.eval_every_epochs = 10
+    else:
+      c.model.dtype = 'bfloat16'
+      c.data.update(patch_size=128, batch_size=16, unlabeled_batch_size=16, eval_batch_size=4,
+                    patches_per_image=patches_per_image(label_fraction))
     if size == 'half':
       c.num_epochs = 50
       c.lr_decay_epochs = (10, 20, 30, 45)
       c.eval_every_epochs = 2
-  elif size == 'small':
-    c.model.update(features=8, num_groups=2, recurrences=1, num_blocks=2, dtype='float32')
-    c.data.update(patch_size=32, batch_size=8, unlabeled_batch_size=8, eval_batch_size=4,
-                  patches_per_image=patches_per_image(label_fraction, base=10))
-    c.num_epochs = 100
-    c.lr_decay_epochs = (20, 40, 60, 90)
-    c.eval_every_epochs = 10
-    c.checkpoint_every_steps = 250
-    c.max_to_keep = 2
-    c.log_every_steps = 50
-    c.num_eval_images = 2
   elif size == 'cpu':
     c.model.update(features=4, num_groups=2, recurrences=1, num_blocks=1)
     c.data.update(patch_size=32, batch_size=4, unlabeled_batch_size=4, eval_batch_size=4,
