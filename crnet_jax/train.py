@@ -717,23 +717,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  config.data.batch_size // jax.process_count(), config.data.batch_size,
                  f' (and {config.data.unlabeled_batch_size // jax.process_count()} of the '
                  f'{config.data.unlabeled_batch_size} unlabeled)' if mcmt else '')
-  try:  # every data check is done before the workdir is touched
+  try:  # every data check is done before the workdir is touched; any failure closes the iterator
     eval_ds = input_pipeline.create_eval_dataset(config, 'test') if summary['test'] else None
     if eval_ds is not None:
       input_pipeline.check_eval_sizes(eval_ds, losses.SSIM_WINDOW)
-  except BaseException:
-    train_iter.close()
-    raise
-  mesh = create_mesh()
-  model = models.create_model(config.model)
-  hp = StepConfig.from_config(config, spe)
-  fns = compiled_functions(model, hp, mesh)
-  t0 = time.time()
-  state = fns.init(jax.random.PRNGKey(config.seed))
-  logging.info('Initialised the state in %.1f s. Parameters (student; the teacher is a copy):\n'
-               '%s', time.time() - t0,
-               parameter_overview.get_parameter_overview(jax.device_get(state.params)))
-  try:
+    mesh = create_mesh()
+    model = models.create_model(config.model)
+    hp = StepConfig.from_config(config, spe)
+    fns = compiled_functions(model, hp, mesh)
+    t0 = time.time()
+    state = fns.init(jax.random.PRNGKey(config.seed))
+    logging.info('Initialised the state in %.1f s. Parameters (student; the teacher is a copy):'
+                 '\n%s', time.time() - t0,
+                 parameter_overview.get_parameter_overview(jax.device_get(state.params)))
     checkpointing.check_free_space(workdir, _nbytes(state))
   except BaseException:
     train_iter.close()
