@@ -53,7 +53,30 @@ flags.DEFINE_integer('process_id', int(os.environ.get('JAX_PROCESS_ID', '0')),
                      'This process (0 .. num_processes - 1) in a multi-process run.')
 flags.DEFINE_bool('distributed_auto', False,
                   'Call jax.distributed.initialize() without arguments (cluster auto-detection).')
+flags.DEFINE_string('jax_cache_dir', os.environ.get('CRNET_JAX_CACHE_DIR',
+                                                    '~/.cache/crnet_jax/jax_cache'),
+                    "JAX's persistent compilation cache: a rerun or resume of the same config "
+                    'reuses the compiled steps and reaches its first step in seconds. Empty: '
+                    'off. Default from $CRNET_JAX_CACHE_DIR.')
 flags.mark_flags_as_required(['workdir'])
+
+
+def enable_compilation_cache(path: str) -> None:
+  """Turns on JAX's persistent compilation cache in `path` (nothing when `path` is empty).
+
+  Compilations of at least a second (jax's default threshold) are kept: the train, eval and
+  inference steps. A later process with the same program, jax version and device finds them
+  there. `$JAX_COMPILATION_CACHE_DIR`, when set, wins (jax reads it itself).
+  """
+  if not path or os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    return  # off, or set for jax directly
+  path = os.path.abspath(os.path.expanduser(path))
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    logging.warning('No compilation cache: cannot create %s (%s).', path, e.strerror or e)
+    return
+  jax.config.update('jax_compilation_cache_dir', path)
 
 
 def initialize_distributed() -> None:
@@ -145,6 +168,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
   initialize_distributed()
+  enable_compilation_cache(FLAGS.jax_cache_dir)
   logging.info('JAX process %d of %d; %d local devices of %d: %s', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.local_devices())

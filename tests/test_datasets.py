@@ -284,3 +284,20 @@ def test_error_lists_every_problem(tmp_path):
   with pytest.raises(DataError) as e:
     _paired(tmp_path)
   assert 'a.png' in str(e.value) and 'b.png' in str(e.value) and '2 problems' in str(e.value)
+
+
+def test_lol_copies_are_separate_datasets(tmp_path):
+  """A subset of LOL built after the whole (same data_dir) is its own dataset, not the cache."""
+  full, part = tmp_path / 'LOL', tmp_path / 'LOL_part'
+  write_pairs(full / 'our485' / 'low', full / 'our485' / 'high', ['1.png', '2.png', '3.png'])
+  write_pairs(full / 'eval15' / 'low', full / 'eval15' / 'high', ['5.png'], ident0=9)
+  write_pairs(part / 'our485' / 'low', part / 'our485' / 'high', ['2.png'], ident0=1)
+  write_pairs(part / 'eval15' / 'low', part / 'eval15' / 'high', ['5.png'], ident0=9)
+  data_dir = str(tmp_path / 'tfds')
+  b_full = datasets.lol_builder(str(full), 'v1', data_dir)
+  assert datasets.split_metadata(b_full, 'train')['names'] == ['1', '2', '3']
+  b_part = datasets.lol_builder(str(part), 'v1', data_dir)
+  assert datasets.split_metadata(b_part, 'train')['names'] == ['2']
+  # Without data.lol_dir, two built copies are ambiguous: the error names both.
+  with pytest.raises(DataError, match='2 copies of LOL v1'):
+    datasets.lol_builder('', 'v1', data_dir)

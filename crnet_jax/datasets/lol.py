@@ -11,12 +11,15 @@ Builder configs (`Lol(config=...)`):
 
 Folder names are matched case-insensitively, and the manual dir may also be the parent folder
 (`LOLdataset/`, `LOL/`, `LOL-v2/` holding `Real_captured/` or `Synthetic/`). The cache is keyed on
-the variant only (as for any TFDS dataset): delete `<data_dir>/lol/<variant>` to rebuild from a
-different copy.
+the variant and on the folder's listing (`<data_dir>/lol/<variant>_<hash>`, as for the other
+folder datasets): two copies of LOL, say all 485 train pairs and a folder holding a subset of
+them, are two datasets, and a changed folder is built again. With `data.lol_dir` empty, the one
+copy of the variant already built in `data_dir` is used.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import tensorflow_datasets as tfds
@@ -45,18 +48,19 @@ _LAYOUTS = {
 VARIANTS = tuple(_LAYOUTS)
 
 
+@dataclasses.dataclass(eq=False)
+class LolConfig(tfds.core.BuilderConfig):
+  variant: str = 'v1'
+
+
 class Lol(base.ImageRecordsBuilder):
   """LOL / LOL-v2 low-light and normal-light pairs (manual download)."""
 
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
-  BUILDER_CONFIGS = [
-      tfds.core.BuilderConfig(name='v1', description='LOL v1: our485 / eval15.'),
-      tfds.core.BuilderConfig(name='v2_real', description='LOL-v2 Real_captured.'),
-      tfds.core.BuilderConfig(name='v2_synthetic', description='LOL-v2 Synthetic.'),
-  ]
+  BUILDER_CONFIGS = [LolConfig(name=v, variant=v) for v in ('v1', 'v2_real', 'v2_synthetic')]
 
   def _split_items(self, dl_manager) -> dict[str, list[base.Item]]:
-    return lol_items(os.fspath(dl_manager.manual_dir), self.builder_config.name)
+    return lol_items(os.fspath(dl_manager.manual_dir), self.builder_config.variant)
 
 
 def resolve_root(root: str, variant: str) -> str:
@@ -100,12 +104,36 @@ def lol_builder(lol_dir: str, variant: str = 'v1', data_dir: str = base.DEFAULT_
   """The prepared LOL builder (built from `lol_dir` on first use, then cached)."""
   if variant not in _LAYOUTS:
     raise ValueError(f'data.lol_variant must be one of {VARIANTS}, got {variant!r}')
-  builder = Lol(config=variant, data_dir=base.expand(data_dir), file_format='array_record')
-  if builder.is_prepared():
-    return builder
+  data_dir = base.expand(data_dir)
   if not lol_dir:
+    return _the_built_copy(variant, data_dir)
+  root = resolve_root(lol_dir, variant)
+  items = lol_items(root, variant)  # layout errors before TFDS starts
+  folders = sorted({os.path.dirname(f) for split in items.values() for i in split
+                    for f in (i.low, i.high) if f})
+  name = base.config_name(variant, base.folder_signature(folders))
+  builder = Lol(config=LolConfig(name=name, variant=variant,
+                                 description=f'LOL {variant} from {root}'),
+                data_dir=data_dir, file_format='array_record')
+  return base.prepare(builder, manual_dir=root)
+
+
+def _the_built_copy(variant: str, data_dir: str) -> tfds.core.DatasetBuilder:
+  """The one copy of `variant` built in `data_dir` (for a run that gives no data.lol_dir)."""
+  parent = os.path.join(data_dir, 'lol')
+  names = sorted(n for n in (os.listdir(parent) if os.path.isdir(parent) else [])
+                 if n.startswith(f'{variant}_'))
+  built = []
+  for name in names:
+    builder = Lol(config=LolConfig(name=name, variant=variant), data_dir=data_dir,
+                  file_format='array_record')
+    if builder.is_prepared():
+      built.append(builder)
+  if len(built) == 1:
+    return built[0]
+  if not built:
     raise DataError(f'LOL {variant} is not built in {data_dir} and data.lol_dir is empty.\n'
                     f'{_INSTRUCTIONS}')
-  root = resolve_root(lol_dir, variant)
-  lol_items(root, variant)  # layout errors before TFDS starts
-  return base.prepare(builder, manual_dir=root)
+  raise DataError(f'data.lol_dir is empty and {data_dir} holds {len(built)} copies of LOL '
+                  f'{variant} ({", ".join(b.builder_config.name for b in built)}): give '
+                  'data.lol_dir to choose one')

@@ -1,0 +1,110 @@
+"""A released model: trained parameters small enough to live in the repository.
+
+A release is a folder with two files:
+
+- `params.npz`: every parameter of the student (or teacher) as float16, keyed by its path in the
+  parameter tree (`LMRG_0/head/feature/kernel`); about 2.4 MiB for the paper's network. float16
+  keeps 11 significant bits, and the parameters of a trained CRNet lie well inside its range
+  (`save_release` refuses a tree that does not fit); they load back as float32.
+- `model.json`: `{"model": <the model config>, "info": {...}}`, where `info` says what the model
+  was trained on, with which command, for how many steps, and its evaluation figures.
+
+`load_release(folder)` returns `(model, params, model_config, info)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from crnet_jax import models
+from crnet_jax.image_io import DataError
+
+PARAMS_FILE = 'params.npz'
+MODEL_FILE = 'model.json'
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def _by_key(tree: Any) -> dict[str, Any]:
+  """Path key (`LMRG_0/head/feature/kernel`) -> leaf, in the tree's leaf order."""
+  return {'/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _flatten(params: Any) -> dict[str, np.ndarray]:
+  return {k: np.asarray(jax.device_get(v), np.float32) for k, v in _by_key(params).items()}
+
+
+def save_release(folder: str, params: Any, model_config: ml_collections.ConfigDict,
+                 info: dict[str, Any]) -> str:
+  """Writes `params` (as float16) and the model config into a new folder; returns its path.
+
+  Raises:
+    FileExistsError: the folder exists and is not empty (a release is never overwritten).
+    ValueError: a parameter is not finite or does not fit in float16.
+  """
+  folder = os.path.abspath(folder)
+  if os.path.isdir(folder) and os.listdir(folder):
+    raise FileExistsError(f'{folder}: exists and is not empty; a release goes into a new folder')
+  flat = _flatten(params)
+  for key, value in flat.items():
+    if not np.all(np.isfinite(value)) or np.max(np.abs(value), initial=0.0) > _FLOAT16_MAX:
+      raise ValueError(f'parameter {key}: not finite or outside the float16 range')
+  os.makedirs(folder, exist_ok=True)
+  tmp = os.path.join(folder, PARAMS_FILE + '.tmp.npz')
+  np.savez_compressed(tmp, **{k: v.astype(np.float16) for k, v in flat.items()})
+  os.replace(tmp, os.path.join(folder, PARAMS_FILE))
+  tmp = os.path.join(folder, MODEL_FILE + '.tmp')
+  with open(tmp, 'w') as f:
+    json.dump({'model': model_config.to_dict(), 'info': info}, f, indent=2, sort_keys=True)
+    f.write('\n')
+  os.replace(tmp, os.path.join(folder, MODEL_FILE))
+  return folder
+
+
+def load_release(folder: str) -> tuple[models.CRNet, Any, ml_collections.ConfigDict,
+                                       dict[str, Any]]:
+  """`(model, params (float32), model_config, info)` of a folder written by `save_release`.
+
+  Raises:
+    DataError: a missing or damaged file, or parameters that do not match the model config
+      (the file and the key are named).
+  """
+  from configs import default  # pylint: disable=g-import-not-at-top
+  folder = os.path.abspath(folder)
+  model_path, params_path = os.path.join(folder, MODEL_FILE), os.path.join(folder, PARAMS_FILE)
+  try:
+    with open(model_path) as f:
+      meta = json.load(f)
+    model_config = default.get_model_config()
+    model_config.update(meta['model'])
+    info = dict(meta.get('info', {}))
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    raise DataError(f'{model_path}: not a readable model description ({e})') from e
+  model = models.create_model(model_config)
+  abstract = jax.eval_shape(model.init, jax.random.key(0),
+                            jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32))['params']
+  try:
+    with np.load(params_path) as data:
+      stored = {k: data[k] for k in data.files}
+  except Exception as e:  # pylint: disable=broad-except  (zip, pickle and OS errors alike)
+    raise DataError(f'{params_path}: cannot read the parameters ({e})') from e
+  wanted = _by_key(abstract)
+  missing, extra = sorted(set(wanted) - set(stored)), sorted(set(stored) - set(wanted))
+  if missing or extra:
+    raise DataError(f'{params_path}: does not match the model in {MODEL_FILE} (missing '
+                    f'{missing[:3]}, unexpected {extra[:3]})')
+  for key, leaf in wanted.items():
+    if stored[key].shape != leaf.shape:
+      raise DataError(f'{params_path}: {key} has shape {stored[key].shape}, the model in '
+                      f'{MODEL_FILE} needs {leaf.shape}')
+  treedef = jax.tree_util.tree_structure(abstract)
+  params = jax.tree_util.tree_unflatten(
+      treedef, [jnp.asarray(stored[k].astype(np.float32)) for k in wanted])
+  return model, params, model_config, info
