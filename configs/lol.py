@@ -61,7 +61,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Equal budgets: 30 patches per labeled image at 10% labels, 3 at 100%.
   d.patches_per_image = 3 if fraction >= 1.0 else 30
   config.model.dtype = 'bfloat16'
-  config.model.layer_attention_impl = 'concat'
   config.eval_every_epochs = 10
   config.checkpoint_every_steps = 1000
   config.num_eval_images = 3

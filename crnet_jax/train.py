@@ -39,6 +39,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -61,6 +62,11 @@ from jax.sharding import PartitionSpec as P
 import ml_collections
 import numpy as np
 import optax
+
+try:  # the context manager of jax's `jax_threefry_gpu_kernel_lowering` option
+  from jax._src import config as jax_config
+except ImportError:  # pragma: no cover
+  jax_config = None
 
 from crnet_jax import checkpointing
 from crnet_jax import input_pipeline
@@ -433,8 +439,27 @@ def compiled_functions(model: models.CRNet, hp: StepConfig, mesh: jax.sharding.M
 @functools.lru_cache(maxsize=16)
 def _compiled_init_params(model: models.CRNet,
                           mesh: jax.sharding.Mesh) -> Callable[[Array], PyTree]:
-  return jax.jit(functools.partial(models.init_params, model),
+  """Key -> the initial params, replicated on `mesh` (jitted; see `_fast_threefry`)."""
+  init = jax.jit(functools.partial(models.init_params, model),
                  out_shardings=NamedSharding(mesh, P()))
+
+  def params_fn(key: Array) -> PyTree:
+    with _fast_threefry():
+      return init(key)
+
+  return params_fn
+
+
+def _fast_threefry() -> contextlib.AbstractContextManager:
+  """JAX's threefry as one GPU kernel (same numbers), where this jax has the option.
+
+  CRNet's initialisation draws about 200 arrays; XLA lowers each threefry draw to its own
+  unrolled program, and on an H200 compiling them took 40.5 s of the start of every run. With
+  `jax_threefry_gpu_kernel_lowering` the same draws compile and run in 3.6 s, with the same
+  parameters (benchmarks/results/h200-2026-12-04-init.jsonl). Other backends ignore it.
+  """
+  option = getattr(jax_config, 'threefry_gpu_kernel_lowering', None)
+  return option(True) if option is not None else contextlib.nullcontext()
 
 
 @functools.lru_cache(maxsize=16)
