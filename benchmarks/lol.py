@@ -5,6 +5,11 @@ r"""LOL v1 helpers: a compact copy of the labeled pairs, the identity baseline, 
   # the whole dataset (an offline or air-gapped one) trains `few` from it.
   python benchmarks/lol.py pack --lol_dir /path/to/LOL --out lol_pack
 
+  # All of LOL at half resolution (300x200; label_fraction 1 keeps every pair), for the CPU-scale
+  # study, and real dark photos shrunk alike for its unlabeled pool:
+  python benchmarks/lol.py pack --lol_dir /path/to/LOL --out lol_half --label_fraction 1 --scale 0.5
+  python benchmarks/lol.py shrink --src /path/to/DICM --out dark_half/DICM --max_side 300
+
   # The input's own PSNR / SSIM on eval15 (the identity baseline), as JSON.
   python benchmarks/lol.py baseline --lol_dir /path/to/LOL
 
@@ -36,6 +41,7 @@ if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from configs import lol as lol_configs  # noqa: E402
 from crnet_jax import datasets  # noqa: E402
@@ -51,6 +57,40 @@ PACK_FILE = 'PACK.json'
 def _sha256(path: str) -> str:
   with open(path, 'rb') as f:
     return hashlib.sha256(f.read()).hexdigest()
+
+
+def _copy(src: str, dst: str, scale: float) -> None:
+  """Copies an image file, or writes it downscaled by `scale` (box filter, PNG) when < 1."""
+  if scale >= 1.0:
+    shutil.copyfile(src, dst)
+    return
+  image = Image.open(src).convert('RGB')
+  size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+  image.resize(size, Image.Resampling.BOX).save(os.path.splitext(dst)[0] + '.png')
+
+
+def cmd_shrink(args) -> list[str]:
+  """Writes every image of `args.src` with its longer side at most `args.max_side` (PNG)."""
+  out = os.path.abspath(args.out)
+  if os.path.isdir(out) and os.listdir(out):
+    raise SystemExit(f'error: {out}: exists and is not empty; shrink into a new folder')
+  os.makedirs(out, exist_ok=True)
+  written = []
+  for name in sorted(os.listdir(args.src)):
+    src = os.path.join(args.src, name)
+    if not os.path.isfile(src) or not name.lower().endswith(image_io.IMAGE_EXTENSIONS):
+      continue
+    with Image.open(src) as image:
+      scale = min(1.0, args.max_side / max(image.size))
+    dst = os.path.join(out, os.path.splitext(name)[0] + '.png')
+    if scale < 1.0:
+      _copy(src, dst, scale)
+    else:
+      with Image.open(src) as image:
+        image.convert('RGB').save(dst)
+    written.append(dst)
+  print(f'wrote {len(written)} image(s) to {out} (longer side <= {args.max_side})')
+  return written
 
 
 def cmd_pack(args) -> dict[str, Any]:
@@ -76,9 +116,11 @@ def cmd_pack(args) -> dict[str, Any]:
       for kind, src in (('low', item.low), ('high', item.high)):
         dst = os.path.join(out, dirname, kind, os.path.basename(src))
         os.makedirs(os.path.dirname(dst), exist_ok=True)
-        shutil.copyfile(src, dst)
+        _copy(src, dst, args.scale)
+        dst = dst if args.scale >= 1.0 else os.path.splitext(dst)[0] + '.png'
         files.append({'file': os.path.relpath(dst, out), 'sha256': _sha256(dst), 'split': split})
   manifest = {'source_pairs': n, 'label_fraction': args.label_fraction, 'seed': args.seed,
+              'scale': args.scale,
               'labeled': sorted(names, key=lambda s: (len(s), s)),
               'num_test': len(items['test']), 'files': files,
               'mib': round(sum(os.path.getsize(os.path.join(out, f['file'])) for f in files)
@@ -154,7 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--label_fraction', type=float, default=0.1)
   p.add_argument('--seed', type=int, default=0, help='config.data.seed of the runs')
   p.add_argument('--data_dir', default='', help="TFDS cache (default: the config's)")
+  p.add_argument('--scale', type=float, default=1.0,
+                 help='< 1: write the images downscaled by this factor (box filter, PNG)')
   p.set_defaults(fn=cmd_pack)
+  p = sub.add_parser('shrink', help='a folder of images with their longer side capped (PNG)')
+  p.add_argument('--src', required=True)
+  p.add_argument('--out', required=True, help='a new folder')
+  p.add_argument('--max_side', type=int, default=300)
+  p.set_defaults(fn=cmd_shrink)
   p = sub.add_parser('baseline', help="eval15's identity PSNR / SSIM")
   p.add_argument('--lol_dir', required=True)
   p.add_argument('--per_image', action='store_true')

@@ -22,6 +22,13 @@ Arguments (comma-separated, `--config=configs/lol.py:few,test`): one arm and at 
     40, 60 and 90; evaluation on eval15 every 10 epochs. `few`: 49 * 30 // 16 = 91 steps per
     epoch, 9,100 steps. `full` keeps the same steps (3 patches per image and epoch:
     485 * 3 // 16 = 90 steps per epoch, 9,000 steps) so that every arm has the same budget.
+  - `cpu`: the label-limited regime that 2 CPU cores can train (docs/study.md, "LOL v1 at CPU
+    scale"): a small CRNet (C 16, 2 groups x 1 recurrence x 2 blocks, float32), 32x32 patches,
+    8 labeled (+ 8 unlabeled) patches per step, 4,000 steps for every arm (about 22 epochs:
+    49 * 30 // 8 = 183 steps per epoch at 10%, 485 * 3 // 8 = 181 at 100%), Adam 2e-3 halved
+    at epochs 11 and 16.4 (steps ~2,000 and ~3,000), evaluation every ~500 steps. Meant for LOL
+    at half resolution (`benchmarks/lol.py pack --scale 0.5`), where 4,000 steps are 11 passes
+    over the 49 labeled pairs.
   - `test`: tiny (features 4, 2 groups x 1 recurrence x 1 block, 16x16 patches, 3 steps), for the
     tests.
 
@@ -42,7 +49,7 @@ ARMS = {
     'mcmt-': ('mcmt', 0.1, {'gamma': 0.0}),
     'mcmt_real': ('mcmt', 0.1, {}),
 }
-SIZES = ('test',)
+SIZES = ('cpu', 'test')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -65,7 +72,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 1000
   config.num_eval_images = 3
   config.run_name = arm
-  if size == 'test':
+  if size == 'cpu':
+    config.model.update(features=16, num_groups=2, recurrences=1, num_blocks=2, dtype='float32')
+    d.update(patch_size=32, batch_size=8, unlabeled_batch_size=8, eval_batch_size=5)
+    config.num_train_steps = 4000
+    config.learning_rate = 2e-3
+    config.lr_decay_epochs = (11, 16.4)
+    config.eval_every_epochs = 2.74
+    config.checkpoint_every_steps = 500
+    config.log_every_steps = 100
+    config.num_eval_images = 0
+  elif size == 'test':
     crnet.apply_size(config, 'test')
     d.dataset = 'lol'
     d.patches_per_image = 2
