@@ -158,6 +158,9 @@ class Enhancer:
 
     self._forward = jax.jit(functools.partial(models.enhance, model))
     self._tiled = jax.jit(self._tiled_forward, static_argnames=('out_uint8',))
+    # uint8 in, uint8 out of the same (padded) shape: the output reuses the input's buffer.
+    self._tiled_in_place = jax.jit(functools.partial(self._tiled_forward, out_uint8=True),
+                                   donate_argnums=(1,))
 
   def max_image_pixels(self) -> tuple[int, str]:
     """The largest image in pixels, and how the limit was set (for the refusal's message).
@@ -198,8 +201,12 @@ class Enhancer:
     """Enhances one (H, W, 3) image (float in [0, 1], uint8 or uint16): float32, in [0, 1]."""
     return self._enhance(image, out_uint8=False)
 
-  def enhance_uint8(self, image: np.ndarray) -> np.ndarray:
-    """`to_uint8(self(image))`, without any float32 copy of the whole image on the host."""
+  def enhance_uint8(self, image: np.ndarray | list[np.ndarray]) -> np.ndarray:
+    """`to_uint8(self(image))`, without any float32 copy of the whole image on the host.
+
+    `image` may also be a list holding the image, which this method empties: then the caller
+    keeps no reference, and the host copy is freed once the image is on the device.
+    """
     return self._enhance(image, out_uint8=True)
 
   def _check(self, image: np.ndarray) -> np.ndarray:
@@ -214,9 +221,9 @@ class Enhancer:
     b = self.tiling.bucket
     return ((0, _round_up(h, b) - h), (0, _round_up(w, b) - w), (0, 0))
 
-  def _enhance(self, image: np.ndarray, out_uint8: bool) -> np.ndarray:
+  def _enhance(self, image: np.ndarray | list[np.ndarray], out_uint8: bool) -> np.ndarray:
     """Pad to the bucket, whole or tiled, crop back (float32 or uint8)."""
-    image = self._check(image)
+    image = self._check(image.pop() if isinstance(image, list) else image)
     h, w, _ = image.shape
     pad = self._padding(h, w)
     if (h + pad[0][1]) * (w + pad[1][1]) <= self.tiling.max_whole_pixels:
@@ -226,8 +233,14 @@ class Enhancer:
       return image_io.to_uint8(out) if out_uint8 else out
     # Tiled: the image stays in its own dtype (uint8: a quarter of float32); each tile is
     # converted when the network reads it, and the output is written as uint8 if asked for.
-    padded = jax.device_put(np.pad(image, pad) if any(p[1] for p in pad) else image)
-    out = self._tiled(self.params, padded, _size(h, w, image.dtype), out_uint8=out_uint8)
+    size = _size(h, w, image.dtype)
+    in_place = out_uint8 and image.dtype == np.uint8
+    padded = jnp.array(np.pad(image, pad) if any(p[1] for p in pad) else image)  # a copy
+    del image  # the host copy is freed here if the caller handed it over (`enhance_uint8`)
+    if in_place:
+      out = self._tiled_in_place(self.params, padded, size)
+    else:
+      out = self._tiled(self.params, padded, size, out_uint8=out_uint8)
     del padded
     return np.asarray(out)[:h, :w]
 
@@ -514,9 +527,9 @@ def enhance_paths(enhancer: Enhancer, inputs: str | Sequence[str], output: str, 
     except image_io.DataError as e:
       failed[path] = str(e)
       continue
-    enhanced = enhancer.enhance_uint8(image)
-    del image
-    image_io.save_image(out_path, enhanced)
+    holder = [image]
+    del image  # `enhance_uint8` frees the host copy once it is on the device
+    image_io.save_image(out_path, enhancer.enhance_uint8(holder))
     written.append(out_path)
   if failed:
     logging.warning('Skipped %d file(s):\n  %s', len(failed), '\n  '.join(failed.values()))
