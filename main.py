@@ -181,7 +181,7 @@ def main(argv):
   except SystemExit:
     raise
   except KeyboardInterrupt:
-    fail('interrupted (the latest checkpoint, if any, is intact)')
+    fail('interrupted')
   except Exception as e:  # pylint: disable=broad-except
     # One line for every error: bad input or config value, a missing, unwritable or full path,
     # a non-finite loss, a checkpoint that does not fit (README.md, "Many hosts, kills, bad

@@ -324,3 +324,13 @@ def test_main_py_exits_with_a_clear_message(corpus, tmp_path):
     assert 'bad config override' not in last or name == 'unknown key', (name, last)
   for name in 'bcdefghij':  # config errors stop before the workdir is touched
     assert not os.path.exists(tmp_path / name)
+
+
+def test_traceback_only_when_asked_for(tmp_path):
+  # The same mistake, with CRNET_TRACEBACK=1: Python's traceback comes with it.
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'main.py'), '--config=configs/crnet.py:tset',
+       f'--workdir={tmp_path / "w"}'], cwd=REPO, capture_output=True, text=True, timeout=120,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'CRNET_TRACEBACK': '1'})
+  assert result.returncode != 0
+  assert 'Traceback' in result.stderr and "unknown token 'tset'" in result.stderr
