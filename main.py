@@ -17,10 +17,16 @@ Several processes (multi-host): give every process the same `--coordinator_addre
 `--num_processes`, and its own `--process_id` (or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
 JAX_PROCESS_ID); on a cluster jax can detect itself (SLURM, TPU pods), use
 `--distributed_auto`. A single process initializes nothing.
+
+Errors: a mistake (a bad flag, config file, config value, input file, workdir, checkpoint) ends
+the run with one line `error: <file or key>: <what is wrong>` on stderr and exit status 1. Set
+CRNET_TRACEBACK=1 to get the Python traceback as well (docs/reliability.md).
 """
 
+import importlib.util
 import os
 import sys
+import traceback
 
 from absl import app
 from absl import flags
@@ -105,13 +111,16 @@ def _train(config, workdir: str):
 
 
 def _inference_setup(config):
+  """The Enhancer of --workdir's parameters, the model config, and which parameters (logged)."""
   from configs import default  # pylint: disable=g-import-not-at-top
   from crnet_jax import export  # pylint: disable=g-import-not-at-top
   from crnet_jax import inference  # pylint: disable=g-import-not-at-top
-  model, params, model_config = export.load_model(FLAGS.workdir, FLAGS.params, FLAGS.checkpoint)
   tiling = inference.TilingConfig.from_config(
       (config or default.get_config()).inference)
-  return inference.Enhancer(model, params, tiling), model_config
+  model, params, model_config, source = export.load_model_and_source(
+      FLAGS.workdir, FLAGS.params, FLAGS.checkpoint)
+  logging.info('Parameters: %s', source)
+  return inference.Enhancer(model, params, tiling), model_config, source
 
 
 def _need(*names: str) -> None:
@@ -124,7 +133,7 @@ def _enhance(config, workdir: str):
   del workdir
   _need('input', 'output')
   from crnet_jax import inference  # pylint: disable=g-import-not-at-top
-  enhancer, _ = _inference_setup(config)
+  enhancer, _, _ = _inference_setup(config)
   report = inference.enhance_paths(enhancer, FLAGS.input, FLAGS.output)
   logging.info('Wrote %d image(s) to %s; %d failed.', len(report['written']), FLAGS.output,
                len(report['failed']))
@@ -135,7 +144,7 @@ def _evaluate(config, workdir: str):
   del workdir
   _need('low_dir', 'high_dir', 'output')
   from crnet_jax import inference  # pylint: disable=g-import-not-at-top
-  enhancer, _ = _inference_setup(config)
+  enhancer, _, _ = _inference_setup(config)
   result = inference.evaluate_pairs(enhancer, FLAGS.low_dir, FLAGS.high_dir, FLAGS.output)
   logging.info('Mean over %d images: PSNR %.3f dB, SSIM %.4f (input %.3f dB, %.4f); see %s',
                result['num_images'], result['mean']['psnr'], result['mean']['ssim'],
@@ -147,8 +156,9 @@ def _export(config, workdir: str):
   del workdir
   _need('output')
   from crnet_jax import export  # pylint: disable=g-import-not-at-top
-  enhancer, model_config = _inference_setup(config)
-  path = export.save_inference_checkpoint(FLAGS.output, enhancer.params, model_config)
+  export.check_export_folder(FLAGS.output)  # before loading anything
+  enhancer, model_config, source = _inference_setup(config)
+  path = export.save_inference_checkpoint(FLAGS.output, enhancer.params, model_config, source)
   serialized = os.path.join(path, export.SERIALIZED_FILE)
   export.export_enhance_function(serialized, enhancer.model, enhancer.params)
   logging.info('Exported the %s parameters to %s (orbax + %s) and %s', FLAGS.params, path,
@@ -164,43 +174,136 @@ def run(mode: str, config, workdir: str):
   return MODES[mode](config, workdir)
 
 
+TRACEBACK_ENV = 'CRNET_TRACEBACK'
+
+
+def want_traceback() -> bool:
+  """Whether $CRNET_TRACEBACK asks for Python tracebacks with the `error:` lines."""
+  return os.environ.get(TRACEBACK_ENV, '').strip().lower() not in ('', '0', 'false', 'no')
+
+
+def one_line(text: str) -> str:
+  """`text` on one line: its lines joined with '; ' (flax and orbax messages span several)."""
+  return '; '.join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def fail(message: str) -> None:
+  """Exits with status 1 after one line `error: <message>` on stderr."""
+  sys.exit(f'error: {one_line(message)}')
+
+
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
-  initialize_distributed()
-  enable_compilation_cache(FLAGS.jax_cache_dir)
-  logging.info('JAX process %d of %d; %d local devices of %d: %s', jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count(),
-               jax.local_devices())
-  from crnet_jax import image_io  # pylint: disable=g-import-not-at-top
-  from crnet_jax import train  # pylint: disable=g-import-not-at-top
+    fail(f'too many command-line arguments: {argv[1:]}')
   try:
+    initialize_distributed()
+    enable_compilation_cache(FLAGS.jax_cache_dir)
+    logging.info('JAX process %d of %d; %d local devices of %d: %s', jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count(),
+                 jax.local_devices())
     run(FLAGS.mode, FLAGS.config, FLAGS.workdir)
-  except (image_io.DataError, train.ConfigError, OSError, FloatingPointError) as e:
-    # Bad input or config value, a missing, unwritable or full path, a non-finite loss: the
-    # message says it all (README.md, "Many hosts, kills, bad inputs" lists the outcomes).
-    logging.error('%s: %s', type(e).__name__, e)
-    sys.exit(f'error: {e}')
+  except SystemExit:
+    raise
+  except KeyboardInterrupt:
+    fail('interrupted')
+  except Exception as e:  # pylint: disable=broad-except
+    # One line for every error: bad input or config value, a missing, unwritable or full path,
+    # a non-finite loss, a checkpoint that does not fit (README.md, "Many hosts, kills, bad
+    # inputs" lists the outcomes). Our own errors name the file or key first; anything else is
+    # prefixed with its type. The traceback only with $CRNET_TRACEBACK.
+    if want_traceback():
+      raise
+    from crnet_jax import image_io  # pylint: disable=g-import-not-at-top
+    from crnet_jax import train  # pylint: disable=g-import-not-at-top
+    ours = (image_io.DataError, train.ConfigError, OSError, FloatingPointError, app.UsageError)
+    message = str(e) if isinstance(e, ours) and str(e) else f'{type(e).__name__}: {e}'
+    try:
+      logging.error('%s: %s', type(e).__name__, one_line(str(e)))
+    except Exception:  # pylint: disable=broad-except
+      pass
+    fail(f'{message} (set {TRACEBACK_ENV}=1 for the traceback)' if not isinstance(e, ours)
+         else message)
+
+
+def _config_arguments(argv) -> list[str]:
+  """The values of --config in `argv` (`--config=X`, `-config=X`, `--config X`)."""
+  values = []
+  for i, arg in enumerate(argv[1:], start=1):
+    for prefix in ('--config=', '-config='):
+      if arg.startswith(prefix):
+        values.append(arg[len(prefix):])
+    if arg in ('--config', '-config') and i + 1 < len(argv):
+      values.append(argv[i + 1])
+  return values
+
+
+def check_config_file(value: str) -> None:
+  """Loads the config file of `--config=value` and calls its `get_config`, as ml_collections will.
+
+  Any failure exits with one line naming the file (and the line, for a syntax error or an
+  exception raised in the file): ml_collections would print a traceback, or, for a missing file,
+  a message without its name.
+  """
+  path, *arg = value.split(':', 1)
+  if not os.path.isfile(path):
+    fail(f'{path}: config file not found' if not os.path.exists(path)
+         else f'{path}: the config file is not a file')
+  try:
+    with open(path) as f:
+      source = f.read()
+    code = compile(source, path, 'exec')
+  except SyntaxError as e:
+    fail(f'{path}:{e.lineno}: syntax error in the config file: {e.msg}')
+  except (OSError, UnicodeDecodeError, ValueError) as e:
+    fail(f'{path}: cannot read the config file ({e})')
+  spec = importlib.util.spec_from_file_location('_crnet_config_check', path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    exec(code, module.__dict__)  # pylint: disable=exec-used
+    if not callable(getattr(module, 'get_config', None)):
+      fail(f'{path}: the config file has no get_config()')
+    module.get_config(*arg)
+  except SystemExit:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    if want_traceback():
+      raise
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if os.path.abspath(f.filename) == os.path.abspath(path)]
+    where = f'{path}:{frames[-1].lineno}' if frames else path
+    call = f'get_config({arg[0]!r})' if arg else 'get_config()'
+    fail(f'{where}: {call} failed: {type(e).__name__}: {e}')
 
 
 def parse_flags(argv):
-  """absl's flag parsing, with every bad flag (or config override) as one `error: ...` line.
+  """absl's flag parsing, with every bad flag, config file or override as one `error: ...` line.
 
-  An override of a config field that does not exist raises AttributeError inside ml_collections
-  (with a "Did you mean" hint) and absl would print its traceback; a value of the wrong type is
-  absl's `flags.Error`. Both exit with status 1, before anything runs.
+  The config file is checked first (`check_config_file`). An override of a config field that does
+  not exist raises AttributeError inside ml_collections (with a "Did you mean" hint) and absl
+  would print its traceback; a value of the wrong type is absl's `flags.Error`. Every case exits
+  with status 1, before anything runs ($CRNET_TRACEBACK=1 shows the traceback).
   """
+  for value in _config_arguments(argv):
+    check_config_file(value)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    sys.exit(f'error: {e} (--helpfull lists the flags)')
+    if want_traceback():
+      raise
+    fail(f'{e} (--helpfull lists the flags)')
   except (AttributeError, KeyError, TypeError, ValueError) as e:
+    if want_traceback():
+      raise
     cause = e
     while isinstance(cause, BaseException) and cause.args:
       cause = cause.args[0]
     message = '. '.join(line.strip() for line in str(cause).splitlines() if line.strip())
     what = 'unknown config field ' if isinstance(e, (AttributeError, KeyError)) else ''
-    sys.exit(f'error: bad config override on the command line: {what}{message}')
+    fail(f'bad config override on the command line: {what}{message}')
+  except Exception as e:  # pylint: disable=broad-except
+    if want_traceback():
+      raise
+    fail(f'{type(e).__name__}: {e}')
 
 
 if __name__ == '__main__':

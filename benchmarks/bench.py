@@ -70,6 +70,7 @@ from ml_collections import config_flags  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
+from crnet_jax import image_io  # noqa: E402
 from crnet_jax import inference  # noqa: E402
 from crnet_jax import input_pipeline  # noqa: E402
 from crnet_jax import models  # noqa: E402
@@ -300,16 +301,21 @@ def bench_infer(config: ml_collections.ConfigDict, case: str, dtype: str, opts: 
   padded = np.pad(image, ((0, ph - height), (0, pw - width), (0, 0)))
   mask = np.pad(np.ones((height, width, 1), np.float32), ((0, ph - height), (0, pw - width),
                                                           (0, 0)))
-  x = jax.device_put(padded[None], devices[0])
-  m = jax.device_put(mask[None], devices[0])
-  # The Enhancer's own jitted functions (whole image, or pass by pass over tiles).
-  fn = enhancer._forward if path == 'whole' else enhancer._tiled  # pylint: disable=protected-access
+  # The Enhancer's own jitted functions (whole image, or pass by pass over tiles: uint8 in and
+  # out, the real size as an argument).
+  if path == 'whole':
+    args = (enhancer.params, jax.device_put(padded[None], devices[0]),
+            jax.device_put(mask[None], devices[0]))
+  else:
+    args = (enhancer.params, jax.device_put(image_io.to_uint8(padded), devices[0]),
+            jax.device_put(np.array([height, width, 255], np.int32), devices[0]))
   t0 = time.perf_counter()
-  compiled = fn.lower(enhancer.params, x, m).compile(
-      compiler_options=opts.compiler_options or None)
+  lowered = (enhancer._forward.lower(*args) if path == 'whole'  # pylint: disable=protected-access
+             else enhancer._tiled.lower(*args, out_uint8=True))  # pylint: disable=protected-access
+  compiled = lowered.compile(compiler_options=opts.compiler_options or None)
   compile_s = time.perf_counter() - t0
   with _Profile(opts.profile_dir, f'{case}_{dtype}'):
-    times = _time_steps(lambda: compiled(enhancer.params, x, m), opts.steps, opts.warmup,
+    times = _time_steps(lambda: compiled(*args), opts.steps, opts.warmup,
                         jax.block_until_ready)
   summary = _summary(times)
   flops = models.flops_per_pixel(config.model) * ph * pw

@@ -78,7 +78,6 @@ from crnet_jax.datasets import base as datasets_base  # pylint: disable=wrong-im
 from crnet_jax.datasets import degrade  # pylint: disable=wrong-import-position
 from crnet_jax.datasets import synthetic_pairs  # pylint: disable=wrong-import-position
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 DEFAULT_STUDY_DIR = os.path.join(REPO, 'study_data')
 DEFAULT_WORK = os.path.join(REPO, 'runs', 'study')
 LOL_TEST = '778'
@@ -96,7 +95,7 @@ def _images(folder: str) -> list[str]:
   if not os.path.isdir(folder):
     raise FileNotFoundError(f'{folder}: folder not found')
   names = [n for n in os.listdir(folder) if not n.startswith('.')
-           and os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
+           and os.path.splitext(n)[1].lower() in image_io.IMAGE_EXTENSIONS]
   return [os.path.join(folder, n) for n in sorted(names, key=datasets_base.natural_key)]
 
 

@@ -135,4 +135,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Keep each pass's block outputs between the tiled energy sweep and the pass (about 1.3x the
   # compute of the whole image, B*C more channels of memory per pixel) or recompute them (2.3x).
   config.inference.cache_blocks = True
+  # Larger images are refused, naming their pixel count (docs/reliability.md); 0: as many as
+  # fit in half the memory of the device (the RAM on CPU) at this network's bytes per pixel.
+  config.inference.max_image_pixels = 0
   return config

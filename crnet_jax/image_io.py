@@ -30,8 +30,17 @@ Every failure is a `DataError` (a `ValueError`) whose message starts with the fi
 says what is wrong; a missing file or folder is a `MissingDataError` (also a
 `FileNotFoundError`).
 
-`save_image(path, image)` clips a float image to [0, 1], rounds it to uint8 and writes it (PNG
-unless the path ends in .jpg/.jpeg/.bmp/.tif/.tiff/.webp), creating parent folders.
+`load_image_native(path)` is the same image before the division: uint8 for 8-bit files, uint16
+for 16-bit ones (float32 only for float and 32-bit integer files), a quarter or half of the
+float32 image's memory; inference keeps large images so and converts one tile at a time.
+
+`save_image(path, image)` clips a float image to [0, 1], rounds it to uint8 (a uint8 image is
+written as it is) and writes it (PNG unless the path ends in .jpg/.jpeg/.bmp/.tif/.tiff/.webp),
+creating parent folders. The file is written under a temporary hidden name and renamed, so it is
+complete or absent, and it carries the mark `OUTPUT_MARK` (PNG text / EXIF "Software"), by which
+`is_own_output` tells this project's earlier outputs from a user's files.
+
+`IMAGE_EXTENSIONS` is the one list of image file extensions of the project.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ import numpy as np
 from PIL import Image
 from PIL import ImageFile
 from PIL import ImageOps
+from PIL import PngImagePlugin
 from PIL import UnidentifiedImageError
 
 PathLike = Union[str, os.PathLike]
@@ -54,6 +64,9 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 # Large images are handled by `max_pixels` / DataError (module docstring), not by a warning.
 warnings.filterwarnings('ignore', category=Image.DecompressionBombWarning)
 
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.gif')
+OUTPUT_MARK = 'crnet-jax'  # the "Software" tag of every image this project writes
+_EXIF_SOFTWARE = 0x0131
 MAX_PIXELS_ENV = 'CRNET_MAX_IMAGE_PIXELS'
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb warning threshold
 
@@ -90,7 +103,7 @@ class MissingDataError(DataError, FileNotFoundError):
   """A file or folder that should exist does not."""
 
 
-def _open_decoded(path: PathLike, max_pixels: int | None = None
+def _open_decoded(path: PathLike, max_pixels: int | None = None, limit_hint: str | None = None
                   ) -> tuple[Image.Image, Image.Image]:
   """Opens and fully decodes `path` with Pillow: (as stored, with the orientation applied)."""
   path = os.fspath(path)
@@ -111,9 +124,10 @@ def _open_decoded(path: PathLike, max_pixels: int | None = None
   w, h = img.size
   if max_pixels and w * h > max_pixels:
     img.close()
+    hint = limit_hint or (f'for training data (Pillow\'s decompression-bomb threshold); '
+                          f'downscale it, or allow more with ${MAX_PIXELS_ENV}')
     raise DataError(f'{path}: image is {w}x{h} (WxH) = {w * h:,} pixels, more than the limit of '
-                    f'{max_pixels:,} for training data (Pillow\'s decompression-bomb threshold); '
-                    f'downscale it, or allow more with ${MAX_PIXELS_ENV}')
+                    f'{max_pixels:,} {hint}')
   try:
     img.load()
   except Exception as e:  # pylint: disable=broad-except
@@ -139,7 +153,7 @@ def _is_16bit_rgb_tiff(img: Image.Image) -> bool:
 
 
 def _read_tiff_16bit(path: str, img: Image.Image) -> np.ndarray | None:
-  """Reads a 16-bit RGB TIFF at full precision with tifffile (None when unavailable)."""
+  """Reads a 16-bit RGB TIFF at full precision (uint16) with tifffile (None when unavailable)."""
   try:
     import tifffile  # pylint: disable=g-import-not-at-top
   except ImportError:
@@ -150,10 +164,9 @@ def _read_tiff_16bit(path: str, img: Image.Image) -> np.ndarray | None:
     raise DataError(f'{path}: corrupt 16-bit TIFF ({e})') from e
   if arr.ndim != 3 or arr.shape[-1] < 3 or arr.dtype != np.uint16:
     return None
-  arr = arr[..., :3].astype(np.float32) / 65535.0
   # Apply the EXIF orientation the same way Pillow did for the 8-bit view.
   orientation = img.getexif().get(0x0112, 1)
-  return _orient(arr, orientation)
+  return _orient(arr[..., :3], orientation)
 
 
 def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
@@ -172,8 +185,12 @@ def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
   return np.ascontiguousarray(arr)
 
 
-def _to_float_rgb(img: Image.Image, path: str) -> np.ndarray:
-  """Converts a decoded Pillow image to float32 HxWx3 in [0, 1] by the module's rules."""
+def _to_native_rgb(img: Image.Image, path: str) -> np.ndarray:
+  """A decoded Pillow image as HxWx3 by the module's rules, before the division to [0, 1].
+
+  uint8 for 8-bit channels, uint16 for 16-bit grayscale, float32 (already in [0, 1]) for 32-bit
+  integer and float images.
+  """
   mode = img.mode
   if mode in ('P', 'PA'):
     img = img.convert('RGBA' if ('transparency' in img.info or mode == 'PA') else 'RGB')
@@ -182,9 +199,9 @@ def _to_float_rgb(img: Image.Image, path: str) -> np.ndarray:
     img = img.convert('L')
     mode = 'L'
   if mode in ('RGB', 'RGBA', 'RGBX', 'L', 'LA'):
-    arr = np.asarray(img, dtype=np.uint8).astype(np.float32) / 255.0
+    arr = np.asarray(img, dtype=np.uint8)
   elif mode.startswith('I;16'):
-    arr = np.asarray(img).astype(np.float32) / 65535.0
+    arr = np.asarray(img).astype(np.uint16)
   elif mode == 'I':
     arr = np.clip(np.asarray(img).astype(np.float64) / 65535.0, 0.0, 1.0).astype(np.float32)
   elif mode == 'F':
@@ -194,7 +211,7 @@ def _to_float_rgb(img: Image.Image, path: str) -> np.ndarray:
       img = img.convert('RGB')
     except Exception as e:  # pylint: disable=broad-except
       raise DataError(f'{path}: unsupported image mode {mode!r} ({e})') from e
-    arr = np.asarray(img, dtype=np.uint8).astype(np.float32) / 255.0
+    arr = np.asarray(img, dtype=np.uint8)
   if arr.ndim == 2:
     arr = arr[..., None]
   channels = arr.shape[-1]
@@ -202,7 +219,38 @@ def _to_float_rgb(img: Image.Image, path: str) -> np.ndarray:
     arr = np.repeat(arr[..., :1], 3, axis=-1)
   elif channels >= 3:
     arr = arr[..., :3]
-  return np.ascontiguousarray(arr, dtype=np.float32)
+  return np.ascontiguousarray(arr)
+
+
+def to_float(image: np.ndarray) -> np.ndarray:
+  """A native image (uint8 / 255, uint16 / 65535, float as is) as float32 in [0, 1]."""
+  image = np.asarray(image)
+  if image.dtype == np.uint8:
+    return image.astype(np.float32) / 255.0
+  if image.dtype == np.uint16:
+    return image.astype(np.float32) / 65535.0
+  return np.asarray(image, np.float32)
+
+
+def load_image_native(path: PathLike, max_pixels: int | None = None,
+                      limit_hint: str | None = None) -> np.ndarray:
+  """The image of `load_image` before the division to [0, 1]: uint8, uint16 or float32 (H, W, 3).
+
+  `to_float` of it is exactly `load_image(path)`. `limit_hint` ends the message of a refusal by
+  `max_pixels` (what the limit is and how to change it).
+  """
+  path = os.fspath(path)
+  stored, img = _open_decoded(path, max_pixels, limit_hint)
+  arr = None
+  if _is_16bit_rgb_tiff(stored):
+    arr = _read_tiff_16bit(path, stored)
+  if arr is None:
+    arr = _to_native_rgb(img, path)
+  img.close()
+  stored.close()
+  if arr.shape[0] < 1 or arr.shape[1] < 1:
+    raise DataError(f'{path}: empty image ({arr.shape[0]}x{arr.shape[1]})')
+  return arr
 
 
 def load_image(path: PathLike, max_pixels: int | None = None) -> np.ndarray:
@@ -220,16 +268,7 @@ def load_image(path: PathLike, max_pixels: int | None = None) -> np.ndarray:
     MissingDataError: the file does not exist.
     DataError: the file is not an image, is corrupt or truncated, or has an unsupported mode.
   """
-  path = os.fspath(path)
-  stored, img = _open_decoded(path, max_pixels)
-  if _is_16bit_rgb_tiff(stored):
-    arr = _read_tiff_16bit(path, stored)
-    if arr is not None:
-      return arr
-  arr = _to_float_rgb(img, path)
-  if arr.shape[0] < 1 or arr.shape[1] < 1:
-    raise DataError(f'{path}: empty image ({arr.shape[0]}x{arr.shape[1]})')
-  return arr
+  return to_float(load_image_native(path, max_pixels))
 
 
 def load_image_uint8(path: PathLike, max_pixels: int | None = None) -> np.ndarray:
@@ -258,11 +297,37 @@ def encode_png(image: np.ndarray, compress_level: int = 1) -> bytes:
   return buf.getvalue()
 
 
+def is_own_output(path: PathLike) -> bool:
+  """Whether the image at `path` was written by `save_image` (it carries `OUTPUT_MARK`)."""
+  try:
+    with Image.open(os.fspath(path)) as img:
+      if img.info.get('Software') == OUTPUT_MARK:
+        return True
+      return img.getexif().get(_EXIF_SOFTWARE) == OUTPUT_MARK
+  except Exception:  # pylint: disable=broad-except
+    return False
+
+
+def write_atomically(path: PathLike, write) -> None:
+  """Calls `write(tmp_path)` for a hidden temporary file next to `path`, then renames it."""
+  path = os.fspath(path)
+  parent, name = os.path.split(path)
+  tmp = os.path.join(parent, f'.{name}.tmp-{os.getpid()}')
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  finally:
+    if os.path.lexists(tmp):
+      os.remove(tmp)
+
+
 def save_image(path: PathLike, image: np.ndarray) -> None:
   """Writes a float image in [0, 1] (H, W, 3), (H, W, 1) or (H, W) as an 8-bit file.
 
-  Values are clipped to [0, 1] and rounded to uint8. The format follows the extension
-  (.png, .jpg/.jpeg, .bmp, .tif/.tiff, .webp); any other extension is written as PNG.
+  Values are clipped to [0, 1] and rounded to uint8 (uint8 images are written as they are). The
+  format follows the extension (.png, .jpg/.jpeg, .bmp, .tif/.tiff, .webp); any other extension
+  is written as PNG. The file appears complete or not at all (`write_atomically`) and carries
+  `OUTPUT_MARK` (not in BMP, which has no place for it).
 
   Args:
     path: the output file; parent folders are created.
@@ -282,4 +347,14 @@ def save_image(path: PathLike, image: np.ndarray) -> None:
   if parent:
     os.makedirs(parent, exist_ok=True)
   fmt = _SAVE_FORMATS.get(os.path.splitext(path)[1].lower(), 'PNG')
-  Image.fromarray(arr).save(path, format=fmt)
+  kwargs = {}
+  if fmt == 'PNG':
+    info = PngImagePlugin.PngInfo()
+    info.add_text('Software', OUTPUT_MARK)
+    kwargs['pnginfo'] = info
+  elif fmt != 'BMP':
+    exif = Image.Exif()
+    exif[_EXIF_SOFTWARE] = OUTPUT_MARK
+    kwargs['exif'] = exif
+  image = Image.fromarray(arr)
+  write_atomically(path, lambda tmp: image.save(tmp, format=fmt, **kwargs))

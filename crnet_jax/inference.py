@@ -23,8 +23,15 @@
    block outputs: about 2.3x the compute of the whole image instead of 1.3x, for B x C fewer
    channels of memory per pixel.
 
-`enhance_paths` runs an Enhancer over files and folders and writes PNGs; unreadable files are
-listed and skipped. `evaluate_pairs` scores a paired folder and draws figures.
+Memory: the tiled pass keeps the image in its own dtype (uint8 for 8-bit files) and converts
+each tile to float32 when the network reads it; the estimate stays float32 (what the exactness
+above needs), and the output is rounded to uint8 on the device when asked for
+(`enhance_uint8`). `bytes_per_pixel` gives what a pass holds per pixel; images over
+`max_image_pixels` are refused before they are decoded, naming their pixel count.
+
+`enhance_paths` runs an Enhancer over files and folders and writes PNGs; every input file is
+written or reported with the reason, and a user's files are never replaced (docs/reliability.md).
+`evaluate_pairs` scores a paired folder and draws figures.
 """
 
 from __future__ import annotations
@@ -43,9 +50,8 @@ import numpy as np
 import tqdm
 
 from crnet_jax import image_io
+from crnet_jax import layers
 from crnet_jax import models
-
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,13 +65,17 @@ class TilingConfig:
   # compute of a whole-image pass) instead of recomputing them (about 2.3x, B x C fewer channels
   # of memory per pixel).
   cache_blocks: bool = True
+  # Larger images are refused, naming their pixel count; 0: those whose tiled pass fits in half
+  # the memory (`Enhancer.max_image_pixels`).
+  max_image_pixels: int = 0
 
   def __post_init__(self):
     for name in ('bucket', 'max_whole_pixels', 'tile_size'):
       if getattr(self, name) < 1:
         raise ValueError(f'inference.{name} must be positive, got {getattr(self, name)}')
-    if self.tile_overlap < 0:
-      raise ValueError(f'inference.tile_overlap must be >= 0, got {self.tile_overlap}')
+    for name in ('tile_overlap', 'max_image_pixels'):
+      if getattr(self, name) < 0:
+        raise ValueError(f'inference.{name} must be >= 0, got {getattr(self, name)}')
 
   @classmethod
   def from_config(cls, config: Any) -> 'TilingConfig':
@@ -97,6 +107,45 @@ def tile_windows(length: int, tile: int, halo: int) -> list[tuple[int, int, int]
   return windows
 
 
+def bytes_per_pixel(model: models.CRNet, tiling: TilingConfig) -> int:
+  """Memory of the tiled pass per pixel of the padded image, besides the tiles (docs/reliability.md).
+
+  The input and the output as uint8 (3 + 3 bytes), the estimate as float32 (12), with
+  `cache_blocks` the B block outputs of a pass (1 without layer attention), without it a second
+  estimate (12); with T > 1 recurrences the memory state (h, c) before and after a pass; features
+  in `model.dtype`. 16-bit inputs take 3 more bytes per pixel, float ones 9.
+  """
+  feature = jnp.dtype(model.dtype).itemsize * model.features
+  total = 3 + 12 + 3
+  if tiling.cache_blocks:
+    total += feature * (model.num_blocks if model.layer_attention else 1)
+  else:
+    total += 12
+  if model.recurrences > 1:
+    total += 4 * feature
+  return total
+
+
+def _memory_bytes() -> int | None:
+  """The memory inference can use: the first device's limit, or the host's RAM for CPU."""
+  device = jax.local_devices()[0]
+  try:
+    stats = device.memory_stats() or {}
+  except Exception:  # pylint: disable=broad-except
+    stats = {}
+  if stats.get('bytes_limit'):
+    return int(stats['bytes_limit'])
+  try:
+    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+def _size(h: int, w: int, dtype: Any) -> jax.Array:
+  """The tiled pass's `size` argument: real height and width, and the integer image's divisor."""
+  return jnp.array([h, w, 65535 if np.dtype(dtype) == np.uint16 else 255], jnp.int32)
+
+
 class Enhancer:
   """A jitted CRNet forward pass over images of any size (see the module docstring)."""
 
@@ -108,7 +157,38 @@ class Enhancer:
     self.halo = tiling.tile_overlap or models.receptive_radius(model)
 
     self._forward = jax.jit(functools.partial(models.enhance, model))
-    self._tiled = jax.jit(self._tiled_forward)
+    self._tiled = jax.jit(self._tiled_forward, static_argnames=('out_uint8',))
+    # uint8 in, uint8 out of the same (padded) shape: the output reuses the input's buffer.
+    self._tiled_in_place = jax.jit(functools.partial(self._tiled_forward, out_uint8=True),
+                                   donate_argnums=(1,))
+
+  def max_image_pixels(self) -> tuple[int, str]:
+    """The largest image in pixels, and how the limit was set (for the refusal's message).
+
+    `inference.max_image_pixels` if positive; otherwise (0, the default) the pixels whose tiled
+    pass (`bytes_per_pixel`) fits in half the memory of the device (the host's RAM on CPU), at
+    most Pillow's hard limit.
+    """
+    if self.tiling.max_image_pixels > 0:
+      return self.tiling.max_image_pixels, 'inference.max_image_pixels'
+    per_pixel = bytes_per_pixel(self.model, self.tiling)
+    memory = _memory_bytes()
+    hard = 2 * image_io.DEFAULT_MAX_PIXELS
+    if not memory:
+      return hard, "Pillow's limit"
+    fit = memory // 2 // per_pixel
+    if fit >= hard:
+      return hard, "Pillow's limit"
+    return int(fit), (f'that fit in half of the {memory / 2**30:.1f} GiB of memory at '
+                      f'{per_pixel} bytes per pixel for this network (inference.max_image_pixels=0)')
+
+  def load(self, path: str) -> np.ndarray:
+    """`path` as a native image (uint8 or uint16), refused over `max_image_pixels()`."""
+    limit, how = self.max_image_pixels()
+    return image_io.load_image_native(
+        path, limit, limit_hint=f'({how}); downscale it, or set --config.inference.'
+        'max_image_pixels (the tiled pass needs about '
+        f'{bytes_per_pixel(self.model, self.tiling)} bytes per pixel)')
 
   def forward(self, batch: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """The clipped network output for an (n, H, W, 3) batch and its (n, H, W, 1) pixel mask."""
@@ -118,39 +198,106 @@ class Enhancer:
                                     jnp.asarray(mask, jnp.float32)))
 
   def __call__(self, image: np.ndarray) -> np.ndarray:
-    """Enhances one (H, W, 3) image: pad to the bucket, whole or tiled, crop back."""
-    image = np.asarray(image, np.float32)
+    """Enhances one (H, W, 3) image (float in [0, 1], uint8 or uint16): float32, in [0, 1]."""
+    return self._enhance(image, out_uint8=False)
+
+  def enhance_uint8(self, image: np.ndarray | list[np.ndarray]) -> np.ndarray:
+    """`to_uint8(self(image))`, without any float32 copy of the whole image on the host.
+
+    `image` may also be a list holding the image, which this method empties: then the caller
+    keeps no reference, and the host copy is freed once the image is on the device.
+    """
+    return self._enhance(image, out_uint8=True)
+
+  def _check(self, image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
       raise ValueError(f'expected an (H, W, 3) image, got shape {image.shape}')
-    h, w, _ = image.shape
+    if image.dtype not in (np.uint8, np.uint16):
+      image = np.asarray(image, np.float32)
+    return image
+
+  def _padding(self, h: int, w: int) -> tuple[tuple[int, int], ...]:
     b = self.tiling.bucket
-    pad = ((0, _round_up(h, b) - h), (0, _round_up(w, b) - w), (0, 0))
-    padded = np.pad(image, pad)
-    mask = np.pad(np.ones((h, w, 1), np.float32), pad)
-    if padded.shape[0] * padded.shape[1] <= self.tiling.max_whole_pixels:
-      out = self.forward(padded[None], mask[None])[0]
+    return ((0, _round_up(h, b) - h), (0, _round_up(w, b) - w), (0, 0))
+
+  def _enhance(self, image: np.ndarray | list[np.ndarray], out_uint8: bool) -> np.ndarray:
+    """Pad to the bucket, whole or tiled, crop back (float32 or uint8)."""
+    image = self._check(image.pop() if isinstance(image, list) else image)
+    h, w, _ = image.shape
+    pad = self._padding(h, w)
+    if (h + pad[0][1]) * (w + pad[1][1]) <= self.tiling.max_whole_pixels:
+      padded = np.pad(image_io.to_float(image), pad)
+      mask = np.pad(np.ones((h, w, 1), np.float32), pad)
+      out = self.forward(padded[None], mask[None])[0][:h, :w]
+      return image_io.to_uint8(out) if out_uint8 else out
+    # Tiled: the image stays in its own dtype (uint8: a quarter of float32); each tile is
+    # converted when the network reads it, and the output is written as uint8 if asked for.
+    size = _size(h, w, image.dtype)
+    in_place = out_uint8 and image.dtype == np.uint8
+    padded = jnp.array(np.pad(image, pad) if any(p[1] for p in pad) else image)  # a copy
+    del image  # the host copy is freed here if the caller handed it over (`enhance_uint8`)
+    if in_place:
+      out = self._tiled_in_place(self.params, padded, size)
     else:
-      out = self.tiled(padded, mask)
-    return out[:h, :w]
+      out = self._tiled(self.params, padded, size, out_uint8=out_uint8)
+    del padded
+    return np.asarray(out)[:h, :w]
 
   def tiled(self, image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Enhances an (H, W, 3) image with its (H, W, 1) pixel mask pass by pass over tiles."""
-    if mask is None:
-      mask = np.ones(image.shape[:-1] + (1,), np.float32)
-    return np.asarray(self._tiled(self.params, jnp.asarray(image, jnp.float32)[None],
-                                  jnp.asarray(mask, jnp.float32)[None]))[0]
+    """Enhances an (H, W, 3) image pass by pass over tiles (float32 out).
 
-  def _tiled_forward(self, params: Any, x: jax.Array, mask: jax.Array) -> jax.Array:
-    """CRNet on a (1, H, W, 3) image, every pass computed tile by tile (module docstring)."""
+    `mask`, if given, must be 1 on a top-left rectangle (the real pixels of a padded image) and
+    0 elsewhere.
+    """
+    image = self._check(image)
+    h, w = image.shape[:2]
+    if mask is not None:
+      rows, cols = np.nonzero(np.asarray(mask)[..., 0])
+      h, w = (int(rows.max()) + 1, int(cols.max()) + 1) if rows.size else (0, 0)
+    return np.asarray(self._tiled(self.params, jnp.asarray(image), _size(h, w, image.dtype),
+                                  out_uint8=False))
+
+  def lower_tiled(self, height: int, width: int, dtype: Any = np.uint8) -> Any:
+    """The tiled pass lowered for a padded (height, width, 3) image of `dtype` (uint8 out)."""
+    return self._tiled.lower(self.params, jax.ShapeDtypeStruct((height, width, 3), dtype),
+                             jax.ShapeDtypeStruct((3,), jnp.int32), out_uint8=True)
+
+  def tiled_memory_bytes(self, height: int, width: int) -> int:
+    """Arguments, output and temporaries of the compiled tiled pass for a uint8 image (bytes)."""
+    stats = self.lower_tiled(height, width).compile().memory_analysis()
+    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
+               + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+
+  def _tiled_forward(self, params: Any, image: jax.Array, size: jax.Array, *,
+                     out_uint8: bool) -> jax.Array:
+    """CRNet on an (H, W, 3) padded image, every pass computed tile by tile (module docstring).
+
+    `size` is (h, w, m): the real pixels are the top-left h x w, and an integer image is
+    divided by m (255 or 65535). Returns float32, or uint8 with `out_uint8`.
+    """
     model = self.model
-    _, height, width, _ = x.shape
+    height, width, _ = image.shape
     th, tw = min(self.tiling.tile_size, height), min(self.tiling.tile_size, width)
     tiles = np.array([(wy, wx, cy0 - wy, cy1 - wy, cx0 - wx, cx1 - wx)
                       for wy, cy0, cy1 in tile_windows(height, th, self.halo)
                       for wx, cx0, cx1 in tile_windows(width, tw, self.halo)], np.int32)
+    # The divisor is an argument, not a constant: XLA would turn `/ 255` into `* (1 / 255)`,
+    # which differs from `image_io.to_float` in the last bit.
+    scale = size[2].astype(jnp.float32) if jnp.issubdtype(image.dtype, jnp.integer) else None
+    image = image[None]
 
     def window(a, tile):
       return jax.lax.dynamic_slice(a, (0, tile[0], tile[1], 0), (1, th, tw, a.shape[-1]))
+
+    def x_window(tile):  # the input tile as float32 in [0, 1], as `image_io.to_float` gives it
+      v = window(image, tile).astype(jnp.float32)
+      return v if scale is None else v / scale
+
+    def mask_window(tile):  # 1 on the real pixels (the image is padded at the bottom and right)
+      rows, cols = tile[0] + jnp.arange(th), tile[1] + jnp.arange(tw)
+      return ((rows < size[0])[:, None] & (cols < size[1])[None, :]).astype(
+          jnp.float32)[None, :, :, None]
 
     def core_mask(tile):
       rows, cols = jnp.arange(th), jnp.arange(tw)
@@ -167,74 +314,115 @@ class Enhancer:
     group = models.lmrg_of(model)
     cached = self.tiling.cache_blocks
     num_cached = (model.num_blocks if model.layer_attention else 1) if cached else 0
+    # The memory state lives at full resolution only when a group has several recurrences
+    # (it starts each group at zero).
+    stateful = model.recurrences > 1
+    feature_shape = (1, height, width, model.features)
+    zero_state = lambda: layers.zero_memory_state(
+        jnp.zeros((1, th, tw, 1), model.dtype), model.features)
     # One loop over the N x T passes (group p // T's parameters), so that XLA keeps one pass's
     # full-resolution buffers, not N x T of them, and compiles the pass once.
     stacked = jax.tree.map(lambda *a: jnp.stack(a),
                            *[params[f'lmrg_{i}'] for i in range(model.num_groups)])
 
     def one_pass(p, carry):
-      y, h, c = carry
+      y, state, blocks = carry
       variables = {'params': jax.tree.map(lambda a: a[p // model.recurrences], stacked)}
       first = p % model.recurrences == 0  # a group starts with a zero memory state
-      h, c = (jnp.where(first, jnp.zeros_like(v), v) for v in (h, c))
-      inputs = lambda tile: dict(
-          x=window(x, tile), y=window(y, tile), state=(window(h, tile), window(c, tile)),
-          mask=window(mask, tile))
 
-      def part_one(carry, tile):
-        # Head, memory and blocks; the energy over the core; with `cached`, the cores of the
-        # block outputs and of the new memory state are kept at full resolution.
-        blocks, state, energy = group.apply(variables, **inputs(tile), energy_mask=core_mask(tile))
-        fulls, total = carry
-        if cached:
-          fulls = put(fulls, tuple(blocks) + tuple(state), tile)
-        return (fulls, total if energy is None else total + energy), None
+      def state_window(tile):
+        if not stateful:
+          return zero_state()
+        return tuple(jnp.where(first, jnp.zeros_like(v), v)
+                     for v in (window(state[0], tile), window(state[1], tile)))
 
-      fulls = tuple(jnp.zeros_like(h) for _ in range(num_cached + 2)) if cached else ()
-      energy = (jnp.zeros((1, model.num_blocks, model.num_blocks), jnp.float32)
-                if model.layer_attention else None)
-      if model.layer_attention or cached:
-        (fulls, energy), _ = jax.lax.scan(part_one, (fulls, energy), tiles)
+      inputs = lambda tile, y: dict(x=x_window(tile), y=window(y, tile),
+                                    state=state_window(tile), mask=mask_window(tile))
 
-      if cached:  # the layer attention, fuse and tail read the gathered block outputs
-        def part_two(y_new, tile):
-          out = group.apply(variables, window(x, tile), window(y, tile), None,
-                            mask=window(mask, tile), energy=energy,
-                            blocks=[window(f, tile) for f in fulls[:num_cached]])
-          return put((y_new,), (out,), tile)[0], None
+      if cached:
+        def part_one(carry, tile):
+          # Head, memory and blocks; the energy over the core; the cores of the block outputs
+          # and of the new memory state are kept at full resolution.
+          out, total = carry
+          new_blocks, new_state, energy = group.apply(variables, **inputs(tile, y),
+                                                      energy_mask=core_mask(tile))
+          out = put(out, tuple(new_blocks) + (tuple(new_state) if stateful else ()), tile)
+          return (out, total if energy is None else total + energy), None
 
-        y_new, _ = jax.lax.scan(part_two, y, tiles)
-        return (y_new,) + fulls[num_cached:]
+        energy = (jnp.zeros((1, model.num_blocks, model.num_blocks), jnp.float32)
+                  if model.layer_attention else None)
+        new_state = tuple(jnp.zeros(feature_shape, model.dtype) for _ in range(2 * stateful))
+        (fulls, energy), _ = jax.lax.scan(part_one, (blocks + new_state, energy), tiles)
+        blocks, new_state = fulls[:num_cached], fulls[num_cached:]
 
-      def step(carry, tile):  # the whole pass again on each tile, with the summed energy
-        out, state = group.apply(variables, **inputs(tile), energy=energy)
-        return put(carry, (out,) + tuple(state), tile), None
+        # The layer attention, fuse and tail read the gathered block outputs. The estimate is
+        # updated in place: a tile reads it only where it writes (the skip), and the cores
+        # partition the image.
+        def part_two(y, tile):
+          out = group.apply(variables, x_window(tile), window(y, tile), None,
+                            mask=mask_window(tile), energy=energy,
+                            blocks=[window(f, tile) for f in blocks])
+          return put((y,), (out,), tile)[0], None
 
-      return jax.lax.scan(step, (y, h, c), tiles)[0]
+        y, _ = jax.lax.scan(part_two, y, tiles)
+        return y, new_state, blocks
 
-    zeros = jnp.zeros((1, height, width, model.features), model.dtype)
+      energy = None
+      if model.layer_attention:
+        def energy_of(total, tile):
+          _, _, e = group.apply(variables, **inputs(tile, y), energy_mask=core_mask(tile))
+          return total + e, None
+        energy, _ = jax.lax.scan(
+            energy_of, jnp.zeros((1, model.num_blocks, model.num_blocks), jnp.float32), tiles)
+
+      def step(carry, tile):  # the whole pass on each tile, with the summed energy
+        out, new_state = group.apply(variables, **inputs(tile, y), energy=energy)
+        return put(carry, (out,) + (tuple(new_state) if stateful else ()), tile), None
+
+      new = jax.lax.scan(step, (y,) + tuple(jnp.zeros(feature_shape, model.dtype)
+                                            for _ in range(2 * stateful)), tiles)[0]
+      return new[0], new[1:], blocks
+
+    state = tuple(jnp.zeros(feature_shape, model.dtype) for _ in range(2 * stateful))
+    blocks = tuple(jnp.zeros(feature_shape, model.dtype) for _ in range(num_cached))
+    y = image.astype(jnp.float32)
+    if scale is not None:
+      y = y / scale
     y, _, _ = jax.lax.fori_loop(0, model.num_groups * model.recurrences, one_pass,
-                                (x, zeros, zeros))
-    return jnp.clip(y, 0.0, 1.0)
+                                (y, state, blocks))
+    y = jnp.clip(y, 0.0, 1.0)[0]
+    return jnp.round(y * 255.0).astype(jnp.uint8) if out_uint8 else y
 
 
-def list_inputs(inputs: str | Sequence[str]) -> list[str]:
-  """The image files named by `inputs`: files as given, folders' image files (by extension)."""
+def list_inputs(inputs: str | Sequence[str]) -> tuple[list[str], dict[str, str]]:
+  """`(files, skipped)`: the files named by `inputs` (files as given, every file of a folder).
+
+  A folder's files are not filtered by extension: a file that is not an image is reported when
+  it fails to decode, so that every file is written or reported. What a folder holds besides
+  files (subfolders: folders are not searched), and hidden files (names starting with a dot),
+  are in `skipped`, path -> reason.
+  """
   paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-  files = []
+  files, skipped = [], {}
   for path in paths:
     path = os.path.abspath(os.path.expanduser(os.fspath(path)))
     if os.path.isdir(path):
-      found = sorted(os.path.join(path, n) for n in os.listdir(path)
-                     if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith('.'))
-      if not found:
-        raise image_io.DataError(f'{path}: no image files ({", ".join(IMAGE_EXTENSIONS)})')
-      files.extend(found)
+      names = sorted(os.listdir(path))
+      if not names:
+        raise image_io.DataError(f'{path}: the input folder is empty')
+      for name in names:
+        full = os.path.join(path, name)
+        if name.startswith('.'):
+          skipped[full] = f'{full}: hidden file, not read'
+        elif os.path.isdir(full):
+          skipped[full] = f'{full}: a folder (folders inside the input are not searched)'
+        else:
+          files.append(full)
     elif os.path.isfile(path):
       files.append(path)
     else:
       raise image_io.MissingDataError(f'{path}: input not found')
-  return files
+  return files, skipped
 
 
 def output_names(files: Iterable[str]) -> list[str]:
@@ -245,29 +433,106 @@ def output_names(files: Iterable[str]) -> list[str]:
           for f, s in zip(files, stems)]
 
 
-def enhance_paths(enhancer: Enhancer, inputs: str | Sequence[str], output_dir: str, *,
-                  progress: bool = True) -> dict[str, Any]:
-  """Enhances every image named by `inputs` into `output_dir` as PNGs with the same names.
+def _real(path: str) -> str:
+  return os.path.realpath(os.path.abspath(os.path.expanduser(os.fspath(path))))
 
-  Returns `{'written': [output paths], 'failed': {input path: reason}}`. A file that cannot be
-  read is listed in `failed` (and in one warning) and the others are still processed.
-  """
-  files = list_inputs(inputs)
-  os.makedirs(output_dir, exist_ok=True)
-  written, failed = [], {}
-  for path, name in zip(tqdm.tqdm(files, desc='enhance', unit='img', disable=not progress),
-                        output_names(files)):
+
+def _is_inside(path: str, folder: str) -> bool:
+  return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def is_own_output(path: str) -> bool:
+  """Whether `path` was written by enhance or evaluate (the mark of `image_io.save_image`)."""
+  if path.endswith('.json'):
     try:
-      image = image_io.load_image(path)
+      with open(path) as f:
+        return json.load(f).get('written_by') == image_io.OUTPUT_MARK
+    except (OSError, ValueError, AttributeError):
+      return False
+  return image_io.is_own_output(path)
+
+
+def check_output_folder(output_dir: str, input_folders: Iterable[str], what: str) -> None:
+  """Refuses an output folder that is a file, or is one of `input_folders` or inside one.
+
+  Symbolic links are resolved: a link to the input folder is the input folder.
+  """
+  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    raise image_io.DataError(f'{output_dir}: the output folder is an existing file, not a '
+                             'folder; choose a folder')
+  out = _real(output_dir)
+  for folder in input_folders:
+    real = _real(folder)
+    if _is_inside(out, real):
+      where = 'is the' if out == real else 'is inside the'
+      raise image_io.DataError(
+          f'{output_dir}: the output folder {where} {what} {folder}; outputs never go among the '
+          'inputs: choose a folder outside it')
+
+
+def check_targets(targets: Sequence[str], inputs: Iterable[str]) -> None:
+  """Refuses to write any of `targets` that is an input, a link, or a file this project did not
+  write (all checked before anything is written, so a refusal leaves every file as it is)."""
+  inputs = {_real(p) for p in inputs}
+  problems = []
+  for target in targets:
+    if _real(target) in inputs:
+      problems.append(f'{target}: is an input; an output never replaces an input')
+    elif os.path.islink(target):
+      problems.append(f'{target}: is a symbolic link; not replaced (remove it, or choose '
+                      'another output)')
+    elif os.path.isdir(target):
+      problems.append(f'{target}: is a folder; not replaced')
+    elif os.path.exists(target) and not is_own_output(target):
+      problems.append(f'{target}: exists and was not written by crnet-jax; not replaced (move '
+                      'it, or choose another output)')
+  if problems:
+    more = f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''
+    raise image_io.DataError(problems[0] + more)
+
+
+def enhance_paths(enhancer: Enhancer, inputs: str | Sequence[str], output: str, *,
+                  progress: bool = True) -> dict[str, Any]:
+  """Enhances every image named by `inputs` into the folder `output` as PNGs with the same names.
+
+  A single input file with `output` ending in an image extension (`x.png`, `x.jpg`, ...) and not
+  an existing folder is written to that file. A user's files are never replaced and outputs never
+  land among the inputs (docs/reliability.md): `output` must not be an input folder or inside one
+  (nor, for a folder, an input file's folder), and no output may replace an input, a symbolic
+  link, or a file that is not an earlier output of this project (those carry
+  `image_io.OUTPUT_MARK` and are replaced by a rerun). All of this is checked before anything
+  is written; a refusal is a `DataError` naming the path.
+
+  Returns `{'written': [output paths], 'failed': {path: reason}}`: every input file is written or
+  in `failed` (unreadable, not an image, over `max_image_pixels`, a subfolder, a hidden file),
+  and the failures are listed in one warning; the others are still processed.
+  """
+  files, failed = list_inputs(inputs)
+  output = os.path.abspath(os.path.expanduser(os.fspath(output)))
+  named = os.path.splitext(output)[1].lower() in image_io.IMAGE_EXTENSIONS
+  if (isinstance(inputs, (str, os.PathLike)) and os.path.isfile(inputs) and named
+      and not os.path.isdir(output)):
+    targets = [output]
+  else:
+    folders = [p for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
+               if os.path.isdir(p)] + sorted({os.path.dirname(f) for f in files})
+    check_output_folder(output, folders, 'input folder')
+    targets = [os.path.join(output, name) for name in output_names(files)]
+  check_targets(targets, files)
+  written = []
+  for path, out_path in zip(tqdm.tqdm(files, desc='enhance', unit='img',
+                                      disable=not progress), targets):
+    try:
+      image = enhancer.load(path)
     except image_io.DataError as e:
       failed[path] = str(e)
       continue
-    out_path = os.path.join(output_dir, name)
-    image_io.save_image(out_path, enhancer(image))
+    holder = [image]
+    del image  # `enhance_uint8` frees the host copy once it is on the device
+    image_io.save_image(out_path, enhancer.enhance_uint8(holder))
     written.append(out_path)
   if failed:
-    logging.warning('Skipped %d unreadable file(s):\n  %s', len(failed),
-                    '\n  '.join(failed.values()))
+    logging.warning('Skipped %d file(s):\n  %s', len(failed), '\n  '.join(failed.values()))
   return {'written': written, 'failed': failed}
 
 
@@ -322,6 +587,12 @@ def evaluate_pairs(enhancer: Enhancer, low_dir: str, high_dir: str, output_dir: 
   from crnet_jax.datasets import base  # pylint: disable=g-import-not-at-top
   items = base.pair_files(base.list_image_files(low_dir, what='low folder'),
                           base.list_image_files(high_dir, what='ground-truth folder'))
+  check_output_folder(output_dir, [low_dir], 'low folder')
+  check_output_folder(output_dir, [high_dir], 'ground-truth folder')
+  check_targets([os.path.join(output_dir, 'metrics.json'),
+                 os.path.join(output_dir, 'contact_sheet.png')]
+                + [os.path.join(output_dir, 'figures', item.name + '.png') for item in items],
+                [item.low for item in items] + [item.high for item in items])
   os.makedirs(os.path.join(output_dir, 'figures'), exist_ok=True)
   per_image, figures = [], []
   for item in tqdm.tqdm(items, desc='evaluate', unit='img', disable=not progress):
@@ -344,8 +615,12 @@ def evaluate_pairs(enhancer: Enhancer, low_dir: str, high_dir: str, output_dir: 
   result = {'num_images': len(per_image),
             'mean': {k: float(np.mean([r[k] for r in per_image])) for k in keys},
             'images': per_image}
-  with open(os.path.join(output_dir, 'metrics.json'), 'w') as f:
-    json.dump(result, f, indent=2)
+
+  def write_metrics(tmp):
+    with open(tmp, 'w') as f:
+      json.dump({**result, 'written_by': image_io.OUTPUT_MARK}, f, indent=2)
+
+  image_io.write_atomically(os.path.join(output_dir, 'metrics.json'), write_metrics)
   image_io.save_image(os.path.join(output_dir, 'contact_sheet.png'),
                       contact_sheet(figures) / 255.0)
   return result

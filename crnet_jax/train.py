@@ -180,6 +180,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
        f'data.epoch_images must be one of {input_pipeline.EPOCH_IMAGES}, got {e!r}')
   for key in ('patch_size', 'patches_per_image', 'eval_batch_size'):
     need(is_int(d[key]) and d[key] > 0, f'data.{key} must be a positive integer, got {d[key]!r}')
+  w = d.get('num_workers', 0)
+  need(is_int(w) and w >= 0,
+       f'data.num_workers must be a non-negative integer (0 = load in the main process), got {w!r}')
   need(d.patch_size >= losses.SSIM_WINDOW,
        f'data.patch_size must be at least the SSIM window ({losses.SSIM_WINDOW}), got '
        f'{d.patch_size!r}')

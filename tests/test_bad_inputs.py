@@ -14,7 +14,9 @@ The outcomes are listed in README.md, section "Many hosts, kills, bad inputs".
 - Config errors: an unknown key, a value of the wrong type (main.py's flag parsing), a zero or
   negative batch size and a label fraction outside (0, 1] (`ConfigError`, naming the key).
 - Through main.py (subprocesses, run side by side): one of each kind ends with exit status 1
-  and a last line `error: ...` (or absl's flag error) naming the file or the key, no traceback.
+  and a last line `error: ...` (or absl's flag error) naming the file or the key, no traceback;
+  so do a missing config file, one with a syntax error (file:line), one whose get_config raises
+  (file:line), an unknown config argument and a negative data.num_workers.
 """
 
 import hashlib
@@ -294,6 +296,24 @@ def test_main_py_exits_with_a_clear_message(corpus, tmp_path):
       'no cluster': (main_py('--mode=enhance', '--distributed_auto', workdir=tmp_path / 'e'),
                      ['error: --distributed_auto: jax.distributed.initialize() found no cluster']),
   }
+  broken = tmp_path / 'broken.py'
+  broken.write_text('"""A config with a syntax error on line 3."""\n\ndef get_config(:\n  pass\n')
+  raising = tmp_path / 'raising.py'
+  raising.write_text('def get_config():\n  raise RuntimeError("no such dataset")\n')
+  runs.update({
+      'missing config': (main_py('--config=configs/nope.py', workdir=tmp_path / 'f'),
+                         ['error: configs/nope.py: config file not found']),
+      'syntax error': (main_py(f'--config={broken}', workdir=tmp_path / 'g'),
+                       [f'error: {broken}:3: syntax error']),
+      'raising config': (main_py(f'--config={raising}', workdir=tmp_path / 'h'),
+                         [f'error: {raising}:2: get_config() failed: RuntimeError: no such']),
+      'unknown argument': (main_py('--config=configs/crnet.py:tset', workdir=tmp_path / 'i'),
+                           ["error: configs/crnet.py:", "get_config('tset') failed",
+                            "unknown token 'tset'"]),
+      'negative workers': (main_py('--config=configs/crnet.py:test',
+                                   '--config.data.num_workers=-1', workdir=tmp_path / 'j'),
+                           ['error: data.num_workers must be a non-negative integer']),
+  })
   for name, (proc, fragments) in runs.items():
     _, stderr = proc.communicate(timeout=240)
     assert proc.returncode == 1, (name, stderr[-3000:])
@@ -301,5 +321,16 @@ def test_main_py_exits_with_a_clear_message(corpus, tmp_path):
     last = stderr.strip().splitlines()[-1]
     for fragment in fragments:
       assert fragment in last, (name, fragment, last)
-  for name in 'bcde':  # config errors stop before the workdir is touched
+    assert 'bad config override' not in last or name == 'unknown key', (name, last)
+  for name in 'bcdefghij':  # config errors stop before the workdir is touched
     assert not os.path.exists(tmp_path / name)
+
+
+def test_traceback_only_when_asked_for(tmp_path):
+  # The same mistake, with CRNET_TRACEBACK=1: Python's traceback comes with it.
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'main.py'), '--config=configs/crnet.py:tset',
+       f'--workdir={tmp_path / "w"}'], cwd=REPO, capture_output=True, text=True, timeout=120,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'CRNET_TRACEBACK': '1'})
+  assert result.returncode != 0
+  assert 'Traceback' in result.stderr and "unknown token 'tset'" in result.stderr
