@@ -116,21 +116,27 @@ def cmd_plan(args) -> dict[str, Any]:
       if rate and _method(arm) not in rates:
         rates[_method(arm)] = rate
   for method in sorted({_method(a) for a in arms} - set(rates)):
+    if args.probe_steps <= 0:
+      rates[method] = 0.0
+      continue
     arm = next(a for a in arms if _method(a) == method)
     probe = os.path.join(work, f'.probe-{arm}')
     if not measured_rate(probe):
       _log(f'measuring the step time of {method} ({args.probe_steps} steps of {arm}) ...')
-      subprocess.run(train_command(arm, seeds[0], args, probe, args.probe_steps), check=True,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+      done = subprocess.run(train_command(arm, seeds[0], args, probe, args.probe_steps),
+                            capture_output=True, text=True)
+      if done.returncode:
+        tail = (done.stderr.strip().splitlines() or ['(no output)'])[-1]
+        raise SystemExit(f'error: the probe run of {arm} failed: {tail}')
     rates[method] = measured_rate(probe) or 0.0
   runs, core_seconds = [], 0.0
-  for arm in arms:
-    for seed in seeds:
+  for seed in seeds:  # seed-major: the first seed of every arm finishes first
+    for arm in arms:
       workdir = os.path.join(work, run_name(arm, seed))
       steps = total_steps(arm, args.size)
       done = max([int(r['step']) for r in _records(workdir)] + [0])
       left = 0 if finished(workdir, steps) else steps - done
-      seconds = left / rates[_method(arm)] if rates[_method(arm)] else float('nan')
+      seconds = left / rates[_method(arm)] if rates[_method(arm)] else 0.0
       core_seconds += seconds
       runs.append({'run': run_name(arm, seed), 'arm': arm, 'seed': seed, 'steps': steps,
                    'steps_left': left, 'predicted_s': round(seconds)})
@@ -302,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--work', default=os.path.join(REPO, 'runs', 'lol_cpu'))
     p.add_argument('--real_dirs', default='', help='comma-separated folders (mcmt_real)')
     p.add_argument('--data_dir', default='', help="TFDS cache (default: the config's)")
-    p.add_argument('--probe_steps', type=int, default=200)
+    p.add_argument('--probe_steps', type=int, default=200,
+                   help='steps of the probe run that measures a step time (0: no prediction)')
     if verb == 'run':
       p.add_argument('--parallel', type=int, default=2)
       p.add_argument('--budget_minutes', type=float, default=150)

@@ -120,7 +120,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.learning_rate = 5e-4
   config.lr_decay_epochs = (20, 40, 60, 90)  # the learning rate is halved at each
   config.lr_decay_factor = 0.5
-  config.eval_every_epochs = 10  # may be fractional; 0 = only at the end
+  config.eval_every_epochs = 10.0  # may be fractional; 0 = only at the end
   config.num_eval_images = 3  # test images shown in TensorBoard (low | enhanced | high)
   config.checkpoint_every_steps = 1000
   config.max_to_keep = 3
