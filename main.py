@@ -152,6 +152,9 @@ def main(argv):
   from crnet_jax import train  # pylint: disable=g-import-not-at-top
   try:
     run(FLAGS.mode, FLAGS.config, FLAGS.workdir)
+  except train.TrainingStopped as e:  # SIGTERM / Ctrl-C: the step's checkpoint is saved
+    print(e, file=sys.stderr, flush=True)
+    sys.exit(e.exit_code)
   except (image_io.DataError, train.ConfigError, OSError, FloatingPointError) as e:
     # Bad input or config value, a missing, unwritable or full path, a non-finite loss: the
     # message says it all (README.md, "Many hosts, kills, bad inputs" lists the outcomes).
