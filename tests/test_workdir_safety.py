@@ -132,8 +132,12 @@ def test_stop_signal_saves_the_step_then_resume_equals_uninterrupted(reference, 
         break
     assert lines and lines[-1].strip() == marker, ''.join(lines[-30:])
 
-    # Meanwhile, a second run on the same workdir is refused and changes nothing.
-    before = snapshot(workdir)
+    # Meanwhile, a second run on the same workdir is refused and changes nothing (once the
+    # first run's asynchronous save of the previous checkpoint, if any, has finished).
+    before = None
+    while before != snapshot(workdir):
+      before = snapshot(workdir)
+      time.sleep(0.5)
     second = subprocess.run(args, cwd=kr.REPO, env=kr.subprocess_env(cache), text=True,
                             capture_output=True, timeout=240)
     assert second.returncode == 1, second.stderr[-3000:]
