@@ -31,7 +31,7 @@ cannot lock (some network or fuse mounts), a warning says so and the run goes on
 
 Damaged checkpoints (a truncated or corrupt file: a copy cut short, a disk error): `find_damage`
 checks a committed checkpoint folder without reading its arrays (every JSON metadata file parses,
-every OCDBT node or manifest file has the length its header says, the items are there), and a
+every OCDBT node or manifest file holds the length its header says, the items are there), and a
 failed restore is described by `describe_restore_error` (the file or the array it could not
 read). Training skips a damaged latest checkpoint for the newest intact one and renames it
 `<step>.damaged` (`set_aside_damaged`) so that the step can be saved again; inference
@@ -279,7 +279,7 @@ def find_damage(step_dir: Any, items: tuple[str, ...] = ('state',)) -> str | Non
   Reads no array: checks that each item folder of `items` is there, that every JSON metadata
   file of orbax (`_CHECKPOINT_METADATA`, `_METADATA`, `_sharding`, `array_metadatas/*`, the JSON
   item `data/metadata`, `metrics/metrics`) parses, and that every OCDBT manifest or b-tree node
-  file is as long as its header says. A file of array values cut short is found only when
+  file holds at least the length its header says (a file may hold several records). A file of array values cut short is found only when
   restoring (`describe_restore_error`).
 
   Returns:
@@ -302,7 +302,7 @@ def find_damage(step_dir: Any, items: tuple[str, ...] = ('state',)) -> str | Non
           header = f.read(12)
         if len(header) == 12 and header[:2] == _OCDBT_MAGIC:
           expected, size = int.from_bytes(header[4:12], 'little'), os.path.getsize(path)
-          if expected != size:
+          if size < expected:  # a file may hold several records: only shorter is damage
             return f'{path}: truncated ({size} bytes, its header says {expected})'
       except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         return f'{path}: not valid JSON, truncated or corrupt ({e})'
