@@ -279,8 +279,8 @@ def find_damage(step_dir: Any, items: tuple[str, ...] = ('state',)) -> str | Non
   Reads no array: checks that each item folder of `items` is there, that every JSON metadata
   file of orbax (`_CHECKPOINT_METADATA`, `_METADATA`, `_sharding`, `array_metadatas/*`, the JSON
   item `data/metadata`, `metrics/metrics`) parses, and that every OCDBT manifest or b-tree node
-  file holds at least the length its header says (a file may hold several records). A file of array values cut short is found only when
-  restoring (`describe_restore_error`).
+  file holds at least the length its header says (a file may hold several records). A file of
+  array values cut short is found only when restoring (`describe_restore_error`).
 
   Returns:
     'FILE: what is wrong' (FILE the full path), or None.
