@@ -42,6 +42,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -861,12 +862,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   quiet_orbax_logs()
   workdir = os.path.abspath(workdir)
   checkpointing.check_writable(workdir)  # before building any data: fail in seconds
-  with checkpointing.lock_workdir(workdir):  # one writer: a second run stops here
-    return _train_and_evaluate(config, workdir)
-
-
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """`train_and_evaluate` once the config is valid and the workdir writable and locked."""
   is_main = jax.process_index() == 0
 
   # Every process validates the data (same errors everywhere) and builds the datasets; with a
@@ -902,6 +897,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
                  '\n%s', time.time() - t0,
                  parameter_overview.get_parameter_overview(jax.device_get(state.params)))
     checkpointing.check_free_space(workdir, _nbytes(state))
+    # One writer: a second run stops here, having changed nothing in the workdir (a run refused
+    # for bad data or config above leaves even the lock file as it was).
+    workdir_lock = contextlib.ExitStack()
+    workdir_lock.enter_context(checkpointing.lock_workdir(workdir))
   except BaseException:
     train_iter.close()
     raise
@@ -1045,3 +1044,4 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     if writer is not None:
       writer.close()
     train_iter.close()
+    workdir_lock.close()

@@ -189,28 +189,35 @@ def test_stop_signals_second_ctrl_c_aborts_and_handlers_come_back(monkeypatch):
 
 
 def damage(step_dir, kind):
-  """Truncates the file(s) of `kind` in the checkpoint folder `step_dir` to half; returns one.
+  """Truncates the file(s) of `kind` in the checkpoint folder `step_dir`; returns one.
 
-  'array': every file of array values (the OCDBT data files that are not b-tree nodes; which of
-  them a restore reads depends on the layout tensorstore chose).
+  'array': the array values of `state`, wherever tensorstore put them: every OCDBT data file
+  loses half of what follows its first record (values appended to a b-tree node), or half of
+  itself if it holds values only. The b-tree nodes stay whole, so only the restore finds it.
+  Other kinds: the file is cut to half its size.
   """
+  cuts = []
   if kind == 'array':
-    paths = []
     for root, _, names in os.walk(os.path.join(step_dir, 'state')):
       for name in sorted(names):
-        path = os.path.join(root, name)
+        path, size = os.path.join(root, name), os.path.getsize(os.path.join(root, name))
+        if os.path.basename(root) != 'd':
+          continue
         with open(path, 'rb') as f:
-          if os.path.basename(root) == 'd' and f.read(2) != b'\x0c\xdb':
-            paths.append(path)
-    assert paths
+          header = f.read(12)
+        keep = int.from_bytes(header[4:12], 'little') if header[:2] == b'\x0c\xdb' else 0
+        if size > keep:
+          cuts.append((path, keep + (size - keep) // 2))
+    assert cuts
   else:
-    paths = [os.path.join(step_dir, {'_METADATA': 'state/_METADATA',
-                                     '_CHECKPOINT_METADATA': '_CHECKPOINT_METADATA',
-                                     'data': 'data/metadata'}[kind])]
-  for path in paths:
+    path = os.path.join(step_dir, {'_METADATA': 'state/_METADATA',
+                                   '_CHECKPOINT_METADATA': '_CHECKPOINT_METADATA',
+                                   'data': 'data/metadata'}[kind])
+    cuts.append((path, os.path.getsize(path) // 2))
+  for path, size in cuts:
     with open(path, 'r+b') as f:
-      f.truncate(os.path.getsize(path) // 2)
-  return paths[0]
+      f.truncate(size)
+  return cuts[0][0]
 
 
 @pytest.mark.parametrize('kind', ['array', '_METADATA', '_CHECKPOINT_METADATA', 'data'])
