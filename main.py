@@ -207,6 +207,10 @@ def main(argv):
   except KeyboardInterrupt:
     fail('interrupted')
   except Exception as e:  # pylint: disable=broad-except
+    from crnet_jax import train  # pylint: disable=g-import-not-at-top
+    if isinstance(e, train.TrainingStopped):  # SIGTERM / Ctrl-C: the step's checkpoint is saved
+      print(e, file=sys.stderr, flush=True)
+      sys.exit(e.exit_code)
     # One line for every error: bad input or config value, a missing, unwritable or full path,
     # a non-finite loss, a checkpoint that does not fit (README.md, "Many hosts, kills, bad
     # inputs" lists the outcomes). Our own errors name the file or key first; anything else is
@@ -214,7 +218,6 @@ def main(argv):
     if want_traceback():
       raise
     from crnet_jax import image_io  # pylint: disable=g-import-not-at-top
-    from crnet_jax import train  # pylint: disable=g-import-not-at-top
     ours = (image_io.DataError, train.ConfigError, OSError, FloatingPointError, app.UsageError)
     message = str(e) if isinstance(e, ours) and str(e) else f'{type(e).__name__}: {e}'
     try:

@@ -22,19 +22,41 @@ process (the global step; see `input_pipeline.TrainIterator`), so one JSON item 
 
 `check_writable(workdir)` fails fast, before any data is built, when the workdir or its checkpoint
 folders cannot be written; `pause_for_tests` is a test-only hook (see its docstring).
+
+One writer per workdir: `lock_workdir` takes an exclusive `fcntl.flock` on `workdir/.lock`
+(process 0 of a run; the file holds its host name and pid). The OS drops the lock when the
+process ends, however it ends, so a killed run leaves no stale lock; a second run on the same
+workdir fails at once with `WorkdirBusyError`, before it changes anything. Where the file system
+cannot lock (some network or fuse mounts), a warning says so and the run goes on unprotected.
+
+Damaged checkpoints (a truncated or corrupt file: a copy cut short, a disk error): `find_damage`
+checks a committed checkpoint folder without reading its arrays (every JSON metadata file parses,
+every OCDBT node or manifest file holds the length its header says, the items are there), and a
+failed restore is described by `describe_restore_error` (the file or the array it could not
+read). Training skips a damaged latest checkpoint for the newest intact one and renames it
+`<step>.damaged` (`set_aside_damaged`) so that the step can be saved again; inference
+(`restore_variables`) raises `DamagedCheckpointError` naming it and listing the intact ones.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
+import fcntl
+import json
 import os
+import re
 import shutil
+import socket
 import sys
+import threading
 import time
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
+from absl import logging
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 LATEST_DIR = 'checkpoints'
@@ -43,20 +65,40 @@ BEST_METRIC = 'psnr'
 # Test-only hook (tests/test_kill_resume.py): 'WHERE@STEP', WHERE in 'step', 'eval', 'save'.
 PAUSE_ENV = 'CRNET_TEST_PAUSE_IN'
 PAUSE_MARKER = 'CRNET_TEST_PAUSED'
+LOCK_FILE = '.lock'
+DAMAGED_SUFFIX = '.damaged'
+_WAKE = threading.Event()
+
+
+class WorkdirBusyError(OSError):
+  """Another training run holds the workdir's lock (its host and pid are named)."""
+
+
+class DamagedCheckpointError(OSError):
+  """A checkpoint cannot be read (a truncated or corrupt file): the message names it."""
 
 
 def pause_for_tests(where: str, step: int) -> None:
-  """Test-only: when `$CRNET_TEST_PAUSE_IN` is `f'{where}@{step}'`, prints a marker and sleeps.
+  """Test-only: when `$CRNET_TEST_PAUSE_IN` is `f'{where}@{step}'`, prints a marker and waits.
 
-  The kill/resume test sets the variable in a training subprocess, waits for the line
-  `CRNET_TEST_PAUSED <where> <step>` on its stderr and sends SIGKILL, so that the kill lands
+  The kill/resume tests set the variable in a training subprocess, wait for the line
+  `CRNET_TEST_PAUSED <where> <step>` on its stderr and send a signal, so that it lands
   reliably during a train step ('step', the step's computation dispatched but nothing saved),
   an evaluation ('eval') or a checkpoint save ('save', with every file of the checkpoint written
-  to its temporary folder but not yet committed). Without the variable this does nothing.
+  to its temporary folder but not yet committed). The wait ends after an hour, or as soon as a
+  stop is requested (`wake_paused`, called on SIGTERM or SIGINT: the run then goes on to save
+  and stop). Without the variable this does nothing.
   """
   if os.environ.get(PAUSE_ENV) == f'{where}@{step}':
     print(f'{PAUSE_MARKER} {where} {step}', file=sys.stderr, flush=True)
-    time.sleep(3600)
+    deadline = time.monotonic() + 3600
+    while not _WAKE.is_set() and time.monotonic() < deadline:
+      _WAKE.wait(0.1)
+
+
+def wake_paused() -> None:
+  """Ends a `pause_for_tests` wait (a stop was requested)."""
+  _WAKE.set()
 
 
 def _install_save_pause_hook() -> None:
@@ -125,6 +167,186 @@ def check_free_space(workdir: str, checkpoint_bytes: int) -> None:
                   f'free, a checkpoint needs {checkpoint_bytes / 2**20:.1f} MiB and two can be '
                   f'written at once (at least {need / 2**20:.1f} MiB). Free some space or use '
                   'another --workdir.')
+
+
+class WorkdirLock:
+  """An exclusive `fcntl.flock` on `workdir/.lock`, holding `{"host", "pid", "since"}`.
+
+  flock locks belong to the open file: the OS drops them when the process ends (exit, crash,
+  SIGKILL), so a lock is never stale, and the file is left in place (removing it would race with
+  a run opening it). A run that finds it locked reads who holds it, changes nothing, and raises
+  `WorkdirBusyError`. Where flock is not supported (ENOLCK, EOPNOTSUPP, ENOSYS: some network,
+  object-store or fuse mounts), `acquire` warns once and holds nothing.
+  """
+
+  _warned: set[str] = set()
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(os.path.abspath(workdir), LOCK_FILE)
+    self._fd: int | None = None
+
+  def holder(self) -> str:
+    """Who holds the lock, from the file: 'process PID on host HOST (since ...)'."""
+    try:
+      with open(self.path) as f:
+        info = json.load(f)
+      return (f'process {int(info["pid"])} on host {info["host"]}'
+              + (f' (since {info["since"]})' if info.get('since') else ''))
+    except (OSError, ValueError, KeyError, TypeError):
+      return 'another process'
+
+  def acquire(self) -> 'WorkdirLock':
+    """Takes the lock (without waiting).
+
+    Raises:
+      WorkdirBusyError: another process holds it.
+      OSError: the lock file cannot be opened (the message names it).
+    """
+    try:
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+      raise OSError(e.errno, f'{self.path}: cannot open the workdir lock ({e.strerror})') from e
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      os.close(fd)
+      if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        workdir = os.path.dirname(self.path)
+        raise WorkdirBusyError(
+            f'{workdir}: in use by another training run ({self.holder()} holds '
+            f'{self.path}). Wait for it to end or stop it, or use another --workdir.') from e
+      if self.path not in WorkdirLock._warned:
+        WorkdirLock._warned.add(self.path)
+        logging.warning('%s: this file system cannot lock files (%s): two trainings on this '
+                        'workdir would not be prevented.', self.path, e.strerror or e)
+      return self
+    info = {'host': socket.gethostname(), 'pid': os.getpid(),
+            'since': time.strftime('%Y-%m-%d %H:%M:%S %Z')}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(info) + '\n').encode(), 0)
+    self._fd = fd
+    return self
+
+  def release(self) -> None:
+    """Drops the lock (closing the file drops it; the file stays)."""
+    if self._fd is not None:
+      os.close(self._fd)
+      self._fd = None
+
+
+@contextlib.contextmanager
+def lock_workdir(workdir: str) -> Iterator[WorkdirLock | None]:
+  """Holds `WorkdirLock(workdir)` (process 0) for the duration of the block.
+
+  With several processes, process 0 takes the lock and broadcasts whether it got it, so every
+  process of a second run on a busy workdir raises `WorkdirBusyError` (not only process 0, which
+  would leave the others waiting for it in a collective).
+  """
+  lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
+  error = None
+  if lock is not None:
+    try:
+      lock.acquire()
+    except WorkdirBusyError as e:
+      error = e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    busy = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+    if busy and error is None:
+      error = WorkdirBusyError(
+          f'{os.path.abspath(workdir)}: in use by another training run '
+          f'({WorkdirLock(workdir).holder()} holds it, process 0 found). Wait for it to end or '
+          'stop it, or use another --workdir.')
+  if error is not None:
+    raise error
+  try:
+    yield lock
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+# ------------------------------------------------------------------------------------------------
+# Damaged checkpoints.
+
+_JSON_FILES = ('_CHECKPOINT_METADATA', '_METADATA', '_sharding', 'metadata', 'metrics')
+_OCDBT_MAGIC = b'\x0c\xdb'  # OCDBT manifest and b-tree node files: magic (4), length (8, LE)
+
+
+def find_damage(step_dir: Any, items: tuple[str, ...] = ('state',)) -> str | None:
+  """The first sign of damage in the committed checkpoint `step_dir`, or None if it looks intact.
+
+  Reads no array: checks that each item folder of `items` is there, that every JSON metadata
+  file of orbax (`_CHECKPOINT_METADATA`, `_METADATA`, `_sharding`, `array_metadatas/*`, the JSON
+  item `data/metadata`, `metrics/metrics`) parses, and that every OCDBT manifest or b-tree node
+  file holds at least the length its header says (a file may hold several records). A file of
+  array values cut short is found only when restoring (`describe_restore_error`).
+
+  Returns:
+    'FILE: what is wrong' (FILE the full path), or None.
+  """
+  step_dir = os.fspath(step_dir)
+  for item in items:
+    if not os.path.isdir(os.path.join(step_dir, item)):
+      return f'{os.path.join(step_dir, item)}: missing (the checkpoint has no {item!r} item)'
+  for root, dirs, files in os.walk(step_dir):
+    dirs.sort()
+    for name in sorted(files):
+      path = os.path.join(root, name)
+      try:
+        if name in _JSON_FILES or os.path.basename(root) == 'array_metadatas':
+          with open(path, 'rb') as f:
+            json.loads(f.read().decode('utf-8'))
+          continue
+        with open(path, 'rb') as f:
+          header = f.read(12)
+        if len(header) == 12 and header[:2] == _OCDBT_MAGIC:
+          expected, size = int.from_bytes(header[4:12], 'little'), os.path.getsize(path)
+          if size < expected:  # a file may hold several records: only shorter is damage
+            return f'{path}: truncated ({size} bytes, its header says {expected})'
+      except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        return f'{path}: not valid JSON, truncated or corrupt ({e})'
+      except OSError as e:
+        return f'{path}: unreadable ({e.strerror or e})'
+  return None
+
+
+def describe_restore_error(error: BaseException, step_dir: Any) -> str:
+  """'FILE: what is wrong' for a failed restore: the file (or array) orbax could not read."""
+  text = str(error)
+  files = re.findall(r'local file "([^"]+)"', text)
+  files = [f for f in files if not f.endswith(os.sep)]  # the database folder itself
+  first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+  if files:
+    return f'{files[-1]}: cannot be read ({first_line[:300]})'
+  arrays = [a for a in re.findall(r"'path': '([^']+?)/?'", text) if not a.startswith(os.sep)]
+  where = os.path.join(os.fspath(step_dir), 'state')
+  if arrays:
+    return (f'{where}: the values of array {arrays[-1]} cannot be read (a data file is '
+            'truncated or corrupt)')
+  return f'{os.fspath(step_dir)}: cannot be restored ({type(error).__name__}: {first_line[:300]})'
+
+
+def intact_steps(manager: ocp.CheckpointManager, items: tuple[str, ...] = ('state',)) -> list[int]:
+  """The steps of `manager` whose folders `find_damage` finds intact, oldest first."""
+  return [s for s in manager.all_steps()
+          if find_damage(manager.directory / str(s), items) is None]
+
+
+def set_aside_damaged(directory: Any, step: int) -> str:
+  """Renames the damaged checkpoint `directory/<step>` to `<step>.damaged` (or `.damaged.2`...).
+
+  Nothing is deleted or overwritten: the folder keeps its files under a name orbax neither lists
+  as a step nor cleans up, so the step can be saved again. Process 0 only (with the workdir's
+  lock held). Returns the new path.
+  """
+  source = os.path.join(os.fspath(directory), str(step))
+  target, n = source + DAMAGED_SUFFIX, 1
+  while os.path.exists(target):
+    n += 1
+    target = f'{source}{DAMAGED_SUFFIX}.{n}'
+  os.rename(source, target)
+  return target
 
 
 def latest_manager(workdir: str, max_to_keep: int = 3,
@@ -238,6 +460,11 @@ def restore_variables(workdir: str, which: str = 'best',
     workdir: the run's workdir.
     which: 'best' (`workdir/best`) or 'latest' (`workdir/checkpoints`).
     step: a particular step; None for the best or newest one.
+
+  Raises:
+    FileNotFoundError: there is no checkpoint.
+    DamagedCheckpointError: the checkpoint is damaged; the message names it and its damaged file
+      and lists the intact checkpoints of the run (best and latest).
   """
   if which not in ('best', 'latest'):
     raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
@@ -248,11 +475,43 @@ def restore_variables(workdir: str, which: str = 'best',
       step = manager.best_step() if which == 'best' else manager.latest_step()
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {manager.directory}')
-    target = _single_device_target(manager, step)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target)))
+    step_dir = manager.directory / str(step)
+    damage = find_damage(step_dir)
+    if damage is None:
+      target = _single_device_target(manager, step)
+      try:
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target)))
+      except Exception as e:  # pylint: disable=broad-except
+        damage = describe_restore_error(e, step_dir)
+    if damage is not None:
+      raise DamagedCheckpointError(
+          f'{step_dir}: damaged checkpoint, cannot be restored: {damage}. '
+          f'{_describe_intact(workdir, exclude=os.fspath(step_dir))}')
   finally:
     manager.close()
   state = restored.state
   get = state.get if isinstance(state, Mapping) else (lambda k: getattr(state, k, None))
   return {'params': get('params'), 'teacher_params': get('teacher_params')}, int(step)
+
+
+def _describe_intact(workdir: str, exclude: str) -> str:
+  """'Intact checkpoints of this run: ...', with the `--checkpoint` choice that uses one."""
+  found, hint = [], ''
+  for which in ('best', 'latest'):
+    manager = (best_manager(workdir, read_only=True) if which == 'best'
+               else latest_manager(workdir, read_only=True))
+    try:
+      steps = intact_steps(manager)
+      paths = [os.fspath(manager.directory / str(s)) for s in steps]
+      found += [p for p in paths if p != exclude]
+      newest = manager.best_step() if which == 'best' else manager.latest_step()
+      if not hint and newest in steps and paths[steps.index(newest)] != exclude:
+        hint = f' (--checkpoint={which} uses {paths[steps.index(newest)]})'
+    except Exception:  # pylint: disable=broad-except
+      pass
+    finally:
+      manager.close()
+  if not found:
+    return 'The run has no intact checkpoint.'
+  return f'Intact checkpoints of this run: {", ".join(found)}{hint}.'

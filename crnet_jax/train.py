@@ -34,6 +34,9 @@
   so the result equals an uninterrupted run's.
 - A non-finite loss (or gradient norm) stops the run with `NonFiniteLossError`, naming the step
   and the loss terms; a state that produced it is never saved.
+- One writer per workdir (`checkpointing.lock_workdir`); SIGTERM or SIGINT (Ctrl-C) stops after
+  the current step with its checkpoint (`StopSignals`, `TrainingStopped`); a damaged latest
+  checkpoint is named and skipped for the newest intact one (`_resume`). docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -47,7 +50,9 @@ import json
 import logging as std_logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, Iterable, Mapping
 
@@ -89,6 +94,22 @@ class CheckpointSaveError(OSError):
 
 class NonFiniteLossError(FloatingPointError):
   """The loss or the gradient norm of a training step is NaN or infinite."""
+
+
+class TrainingStopped(Exception):
+  """Training stopped on a signal (SIGTERM, SIGINT) after saving the checkpoint of its step.
+
+  `str()` is the line main.py prints; `exit_code` is 128 + the signal (143 SIGTERM, 130 SIGINT).
+  """
+
+  def __init__(self, signum: int, step: int, directory: Any):
+    self.signum, self.step, self.directory = int(signum), int(step), directory
+    super().__init__(f'stopped at step {step} ({signal.Signals(signum).name}): checkpoint saved '
+                     f'in {directory}/{step}; rerun the same command to continue')
+
+  @property
+  def exit_code(self) -> int:
+    return 128 + self.signum
 
 
 @flax.struct.dataclass
@@ -690,6 +711,147 @@ def _metric_collection(names: Iterable[str]) -> type[clu_metrics.Collection]:
       **{name: clu_metrics.Average.from_output(name) for name in names})
 
 
+class StopSignals:
+  """SIGTERM (a preemption notice, `kill`) and SIGINT (Ctrl-C): stop after the current step.
+
+  A context manager installed for the duration of training (the previous handlers come back on
+  exit). The first signal only asks to stop: the step in progress finishes (its evaluation
+  too, if it has one), its checkpoint is saved and `train_and_evaluate` raises `TrainingStopped`.
+  A second SIGINT aborts at once (exit 130; the work since the last checkpoint is lost).
+
+  One process: the handlers set a flag, read by `should_stop(step)` after each step. Several
+  processes must stop at the same step (each saves its shards of one checkpoint), so there
+  `should_stop` is jax's `multihost_utils.reached_preemption_sync_point(step)`: jax's preemption
+  service (`jax.distributed`, on by default) catches SIGTERM on any process itself, tells every
+  process, and they agree on the step to stop at (the largest step any of them reached, plus
+  one). SIGTERM is then left to jax, and SIGINT is passed on to it as a SIGTERM of this process.
+  With the preemption service off (`jax_enable_preemption_service=False`), a multi-process run
+  installs no handler: a signal kills it, and the rerun resumes from the last checkpoint.
+  """
+
+  def __init__(self):
+    self.signum: int | None = None
+    self._previous: dict[int, Any] = {}
+    self._sync = False
+
+  def __enter__(self) -> 'StopSignals':
+    if threading.current_thread() is not threading.main_thread():
+      return self  # Python delivers signals to the main thread only
+    signals = (signal.SIGTERM, signal.SIGINT)
+    if jax.process_count() > 1:
+      from jax._src import distributed  # pylint: disable=g-import-not-at-top
+      if distributed.global_state.preemption_sync_manager is None:
+        logging.warning('The jax preemption service is off: SIGTERM or Ctrl-C kills this '
+                        'multi-process run (the rerun resumes from the last checkpoint).')
+        return self
+      self._sync = True
+      signals = (signal.SIGINT,)  # jax's preemption notifier handles SIGTERM
+    for sig in signals:
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    self._previous.clear()
+
+  def _handle(self, signum: int, frame: Any) -> None:
+    del frame
+    name = signal.Signals(signum).name
+    if self.signum is not None:
+      if signum == signal.SIGINT:
+        print(f'aborted ({name} again): the work since the last checkpoint is lost',
+              file=sys.stderr, flush=True)
+        os._exit(128 + signum)  # pylint: disable=protected-access
+      return
+    self.signum = signum
+    logging.warning('%s: stopping after the current step, with its checkpoint (press Ctrl-C '
+                    'again to abort at once, losing the work since the last checkpoint).', name)
+    checkpointing.wake_paused()
+    if self._sync:
+      os.kill(os.getpid(), signal.SIGTERM)  # jax's preemption service tells every process
+
+  def should_stop(self, step: int) -> bool:
+    """Whether to save and stop after `step` (every process gets the same answer)."""
+    if self._sync:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      return bool(multihost_utils.reached_preemption_sync_point(step))
+    return self.signum is not None
+
+
+def _saved_config_changes(workdir: str, config: ml_collections.ConfigDict) -> list[str] | None:
+  """The model/method fields where `workdir/config.json` differs from `config` (None: no file)."""
+  try:
+    with open(os.path.join(workdir, 'config.json')) as f:
+      saved = json.load(f)
+  except (OSError, ValueError):
+    return None
+  current = json.loads(config.to_json_best_effort())
+  changes = []
+  if saved.get('method') != current.get('method'):
+    changes.append(f'method ({saved.get("method")!r} saved, {current.get("method")!r} now)')
+  saved_model, model = saved.get('model') or {}, current.get('model') or {}
+  for key in sorted(set(saved_model) | set(model)):
+    if saved_model.get(key) != model.get(key):
+      changes.append(f'model.{key} ({saved_model.get(key)!r} saved, {model.get(key)!r} now)')
+  return changes
+
+
+def _resume(latest: Any, abstract_state: Any, workdir: str,
+            config: ml_collections.ConfigDict) -> tuple[Any, Any, int]:
+  """Restores `(state, data_state, step)` from the newest intact checkpoint of `latest`.
+
+  A damaged checkpoint (`checkpointing.find_damage`, or a restore that fails while the saved
+  `config.json` agrees with `config` on the method and the model) is named in a warning and
+  skipped; once an older one restores, the damaged ones newer than it are renamed
+  `<step>.damaged` (process 0; nothing is deleted) so that their steps can be saved again.
+  A restore failure is blamed on the config only when `config.json` differs in those fields.
+
+  Raises:
+    ConfigError: the checkpoint does not match the config (the differing fields are named).
+    checkpointing.DamagedCheckpointError: no checkpoint is intact (each is named).
+  """
+  damaged: list[tuple[int, str]] = []
+  for step in sorted(latest.all_steps(), reverse=True):
+    step_dir = latest.directory / str(step)
+    damage = checkpointing.find_damage(step_dir, ('state', 'data'))
+    if damage is None:
+      try:
+        restored = checkpointing.restore_latest(latest, abstract_state, step)
+        break
+      except Exception as e:  # pylint: disable=broad-except
+        changes = _saved_config_changes(workdir, config)
+        if changes or changes is None:
+          differs = (f'its config.json differs in {", ".join(changes)}' if changes else
+                     'a different method or model? Or a damaged checkpoint')
+          raise ConfigError(
+              f'{step_dir}: cannot resume from this checkpoint: it does not match this config '
+              f'({differs}). Use a new --workdir, or the config the run was started with '
+              f'({os.path.join(workdir, "config.json")}). Cause: {e}') from e
+        damage = checkpointing.describe_restore_error(e, step_dir)
+    logging.warning('Damaged checkpoint %s, skipped: %s', step_dir, damage)
+    damaged.append((step, damage))
+  else:
+    raise checkpointing.DamagedCheckpointError(
+        f'{latest.directory}: no intact checkpoint to resume from; damaged: ' +
+        '; '.join(f'step {s}: {d}' for s, d in damaged) + '. Nothing was changed: move the '
+        'damaged checkpoints away to start this run again from an earlier one (or from scratch).')
+  state, data_state, step = restored
+  if damaged:
+    set_aside = []
+    if jax.process_index() == 0:
+      set_aside = [checkpointing.set_aside_damaged(latest.directory, s) for s, _ in damaged]
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices('crnet: damaged checkpoints set aside')
+    latest.reload()
+    logging.warning('Resuming from the newest intact checkpoint, step %d; the damaged newer '
+                    'one(s) %s are kept as %s (delete them when you no longer need them).',
+                    step, ', '.join(str(s) for s, _ in damaged),
+                    ', '.join(set_aside) or f'<step>{checkpointing.DAMAGED_SUFFIX}')
+  return state, data_state, step
+
+
 # ------------------------------------------------------------------------------------------------
 # The experiment.
 
@@ -719,6 +881,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       save failed (the message names the folder and the last complete checkpoint).
     DataError: bad input data (the file is named).
     NonFiniteLossError: the loss became NaN or infinite (the step and its terms are named).
+    checkpointing.WorkdirBusyError: another run holds the workdir (an OSError; who is named).
+    checkpointing.DamagedCheckpointError: no checkpoint of the workdir is intact (an OSError).
+    TrainingStopped: SIGTERM or SIGINT arrived; the checkpoint of the step it stopped at is saved.
   """
   validate_config(config)
   quiet_orbax_logs()
@@ -759,6 +924,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  '\n%s', time.time() - t0,
                  parameter_overview.get_parameter_overview(jax.device_get(state.params)))
     checkpointing.check_free_space(workdir, _nbytes(state))
+    # One writer: a second run stops here, having changed nothing in the workdir (a run refused
+    # for bad data or config above leaves even the lock file as it was).
+    workdir_lock = contextlib.ExitStack()
+    workdir_lock.enter_context(checkpointing.lock_workdir(workdir))
   except BaseException:
     train_iter.close()
     raise
@@ -766,17 +935,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   latest = checkpointing.latest_manager(workdir, config.max_to_keep)
   best = checkpointing.best_manager(workdir)
   writer = None
+  stop = StopSignals()
   try:
     if latest.latest_step() is not None:
-      try:
-        state, data_state, restored_step = checkpointing.restore_latest(
-            latest, checkpointing.abstract_like(state))
-      except Exception as e:  # orbax raises several types on a structure or shape mismatch
-        raise ConfigError(
-            f'Cannot resume from the checkpoint of step {latest.latest_step()} in '
-            f'{latest.directory}: it does not match this config (a different method or model?). '
-            f'Use a new --workdir, or the config the run was started with '
-            f'({os.path.join(workdir, "config.json")}). Cause: {e}') from e
+      state, data_state, restored_step = _resume(latest, checkpointing.abstract_like(state),
+                                                 workdir, config)
       train_iter.set_state(data_state)
       logging.info('Resumed from the checkpoint of step %d in %s.', restored_step,
                    latest.directory)
@@ -843,6 +1006,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                lambda: checkpointing.save_best(best, step, state, results['student_psnr']))
       return {'step': step, **results}
 
+    stop.__enter__()  # SIGTERM / Ctrl-C from here on: finish the step, save, stop
     for step in range(start_step + 1, total_steps + 1):
       batch = global_batch(next(train_iter), fns.data_sharding)
       state, step_metrics = fns.train_step(state, batch)
@@ -875,10 +1039,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if eval_ds is not None and (step == total_steps or (eval_every and step % eval_every == 0)):
         _check_finite(step, step_metrics, last_checkpoint)
         final_metrics = run_eval(step)
-      if step % config.checkpoint_every_steps == 0 or step == total_steps:
+      saved = step % config.checkpoint_every_steps == 0 or step == total_steps
+      if saved:
         _check_finite(step, step_metrics, last_checkpoint)
         saving(step, 'latest', latest.directory,
                lambda: checkpointing.save_latest(latest, step, state, train_iter.get_state()))
+      if stop.should_stop(step) and step < total_steps:  # once per step (multi-process sync)
+        if not saved:
+          _check_finite(step, step_metrics, last_checkpoint)  # never save a non-finite state
+          saving(step, 'latest', latest.directory,
+                 lambda: checkpointing.save_latest(latest, step, state, train_iter.get_state()))
+        saving(step, 'latest', latest.directory, latest.wait_until_finished)
+        saving(step, 'best', best.directory, best.wait_until_finished)
+        raise TrainingStopped(stop.signum or signal.SIGTERM, step, latest.directory)
     if pending is not None:
       _check_finite(*pending, last_checkpoint)
     if eval_ds is not None and start_step >= total_steps:
@@ -888,6 +1061,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     saving(total_steps, 'best', best.directory, best.wait_until_finished)
     return final_metrics
   finally:
+    stop.__exit__()
     for manager in (latest, best):
       try:
         manager.wait_until_finished()
@@ -897,3 +1071,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if writer is not None:
       writer.close()
     train_iter.close()
+    workdir_lock.close()
