@@ -116,12 +116,9 @@ def cmd_plan(args) -> dict[str, Any]:
       if rate and _method(arm) not in rates:
         rates[_method(arm)] = rate
   for method in sorted({_method(a) for a in arms} - set(rates)):
-    if args.probe_steps <= 0:
-      rates[method] = 0.0
-      continue
     arm = next(a for a in arms if _method(a) == method)
     probe = os.path.join(work, f'.probe-{arm}')
-    if not measured_rate(probe):
+    if not measured_rate(probe) and args.probe_steps > 0:
       _log(f'measuring the step time of {method} ({args.probe_steps} steps of {arm}) ...')
       done = subprocess.run(train_command(arm, seeds[0], args, probe, args.probe_steps),
                             capture_output=True, text=True)
@@ -145,8 +142,8 @@ def cmd_plan(args) -> dict[str, Any]:
   plan = {'runs': runs, 'steps_per_second': rates, 'predicted_minutes': round(core_seconds / 60, 1),
           'size': args.size, 'work': work}
   for r in runs:
-    _log(f"  {r['run']:>14}: {r['steps_left']:>5} of {r['steps']} steps left, "
-         f"~{r['predicted_s'] / 60:.1f} min")
+    _log(f"  {r['run']:>14}: {r['steps_left']:>5} of {r['steps']} steps left"
+         + (f", ~{r['predicted_s'] / 60:.1f} min" if rates[_method(r['arm'])] else ''))
   _log(f'measured steps/s {rates}; predicted {plan["predicted_minutes"]} min in all '
        f'(evaluations included in the measured rate)')
   return plan
