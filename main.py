@@ -6,8 +6,10 @@ r"""Entry point: train, enhance, evaluate and export CRNet.
   python main.py --mode=export --workdir=RUN --output=exported/
 
 For enhance, evaluate and export, `--workdir` is a training run (its best checkpoint, or
-`--checkpoint=latest`; `--params=teacher` for the mean teacher of an MCMT run) or a directory
-written by export, and `--config` is optional (it only supplies `config.inference`).
+`--checkpoint=latest`; `--params=teacher` for the mean teacher of an MCMT run), a directory
+written by export, or a released model (`crnet_jax/release.py`); without `--workdir` they use the
+model shipped in `models/`, when the repository has one. `--config` is optional (it only supplies
+`config.inference`).
 
 The config is an ml-collections config file (with an optional argument after a colon, e.g.
 `--config=configs/crnet.py:demo,mrn`); every field can be overridden on the command line
@@ -39,7 +41,9 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     'config', None, 'Path to an ml-collections config file (configs/crnet.py, configs/mcmt.py), '
     'optionally with an argument: configs/crnet.py:demo.', lock_config=True)
-flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and metrics.')
+flags.DEFINE_string('workdir', None, 'train: directory for checkpoints, logs and metrics. '
+                    'enhance/evaluate/export: a run, an export or a release (default: the '
+                    'model shipped in models/, if any).')
 flags.DEFINE_enum('mode', 'train', ['train', 'enhance', 'evaluate', 'export'],
                   'train (and evaluate) a model; enhance images with it; evaluate it on a paired '
                   'folder; export it (inference checkpoint and jax.export serialization).')
@@ -64,7 +68,6 @@ flags.DEFINE_string('jax_cache_dir', os.environ.get('CRNET_JAX_CACHE_DIR',
                     "JAX's persistent compilation cache: a rerun or resume of the same config "
                     'reuses the compiled steps and reaches its first step in seconds. Empty: '
                     'off. Default from $CRNET_JAX_CACHE_DIR.')
-flags.mark_flags_as_required(['workdir'])
 
 
 def enable_compilation_cache(path: str) -> None:
@@ -104,6 +107,7 @@ def initialize_distributed() -> None:
 
 
 def _train(config, workdir: str):
+  _need('workdir')
   if config is None:
     raise app.UsageError('--mode=train needs --config (e.g. --config=configs/mcmt.py)')
   from crnet_jax import train  # pylint: disable=g-import-not-at-top
@@ -117,8 +121,15 @@ def _inference_setup(config):
   from crnet_jax import inference  # pylint: disable=g-import-not-at-top
   tiling = inference.TilingConfig.from_config(
       (config or default.get_config()).inference)
+  from crnet_jax import release  # pylint: disable=g-import-not-at-top
+  path = FLAGS.workdir or release.shipped_model()
+  if not path:
+    raise app.UsageError(
+        f'--mode={FLAGS.mode} needs --workdir (a training run, an export or a release): this '
+        f'copy of the repository ships no model in {release.MODELS_DIR}; train one '
+        '(README, "Training") or pass a released model folder')
   model, params, model_config, source = export.load_model_and_source(
-      FLAGS.workdir, FLAGS.params, FLAGS.checkpoint)
+      path, FLAGS.params, FLAGS.checkpoint)
   logging.info('Parameters: %s', source)
   return inference.Enhancer(model, params, tiling), model_config, source
 

@@ -42,6 +42,7 @@ import orbax.checkpoint as ocp
 
 from crnet_jax import checkpointing
 from crnet_jax import models
+from crnet_jax import release
 from crnet_jax.image_io import DataError
 from crnet_jax.image_io import MissingDataError
 
@@ -183,6 +184,12 @@ def load_model_and_source(path: str, which: str = 'student', checkpoint: str = '
   if not os.path.isdir(path):
     raise MissingDataError(f'{path}: checkpoint directory not found')
   config_path = os.path.join(path, 'config.json')
+  if not is_training_workdir(path) and release.is_release(path):
+    if which == 'teacher' or checkpoint == 'latest':
+      raise DataError(f'{path}: a released model holds one set of parameters and no '
+                      'checkpoints; drop --params=teacher and --checkpoint=latest')
+    model, params, model_config, info = release.load_release(path)
+    return model, params, model_config, f'{path}: released model ({release.describe(info)})'
   if not is_training_workdir(path):
     if not os.path.isfile(os.path.join(path, MODEL_CONFIG_FILE)):
       raise MissingDataError(f'{path}: neither a training workdir (no config.json) nor an '

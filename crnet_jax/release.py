@@ -9,7 +9,9 @@ A release is a folder with two files:
 - `model.json`: `{"model": <the model config>, "info": {...}}`, where `info` says what the model
   was trained on, with which command, for how many steps, and its evaluation figures.
 
-`load_release(folder)` returns `(model, params, model_config, info)`.
+`load_release(folder)` returns `(model, params, model_config, info)`. `main.py --mode=enhance`
+(and evaluate, export) reads a release given as `--workdir`, and without `--workdir` the model the
+repository ships in `models/` (`shipped_model()`), when it has one.
 """
 
 from __future__ import annotations
@@ -28,7 +30,34 @@ from crnet_jax.image_io import DataError
 
 PARAMS_FILE = 'params.npz'
 MODEL_FILE = 'model.json'
+# The released models that ship with the repository, the first found being the default.
+MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'models')
+SHIPPED = ('crnet_lol_full', 'crnet_lol10')
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def is_release(folder: str) -> bool:
+  return all(os.path.isfile(os.path.join(folder, f)) for f in (MODEL_FILE, PARAMS_FILE))
+
+
+def shipped_model(models_dir: str = MODELS_DIR) -> str | None:
+  """The folder of the model shipped in `models_dir` (see SHIPPED), or None."""
+  for name in SHIPPED:
+    folder = os.path.join(models_dir, name)
+    if is_release(folder):
+      return folder
+  return None
+
+
+def describe(info: dict[str, Any]) -> str:
+  """One line: what the release was trained on, its step and evaluation figures."""
+  parts = [info.get('trained_on', '')]
+  if 'step' in info:
+    parts.append(f"step {info['step']}")
+  ev = info.get('eval') or {}
+  if 'student_psnr' in ev:
+    parts.append(f"test PSNR {ev['student_psnr']:.2f} dB, SSIM {ev.get('student_ssim', 0):.4f}")
+  return '; '.join(p for p in parts if p)
 
 
 def _by_key(tree: Any) -> dict[str, Any]:

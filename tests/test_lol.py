@@ -189,3 +189,30 @@ def test_study_run_trains_each_seed_once(lol_dir, tmp_path):
   assert cfg[0]['seed'] == cfg[0]['data']['seed'] == 0
   assert cfg[1]['seed'] == cfg[1]['data']['seed'] == 1
   assert lol_study.main(['run', *common]) == {}
+
+
+def test_enhance_with_a_release_and_without_a_model(lol_dir, tmp_path):
+  """A release folder works as --workdir; with no --workdir and no shipped model, one line."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from crnet_jax import models  # pylint: disable=g-import-not-at-top
+  model_config = lol_configs.get_config('few,test').model
+  params = models.init_params(models.create_model(model_config), jax.random.PRNGKey(0))
+  folder = release.save_release(str(tmp_path / 'models' / 'crnet_lol10'), params, model_config,
+                                {'trained_on': 'nothing', 'step': 7})
+  assert release.shipped_model(str(tmp_path / 'models')) == folder
+  assert release.shipped_model(str(tmp_path / 'none')) is None
+  out = tmp_path / 'out'
+  low = os.path.join(lol_dir, 'eval15', 'low', '90.png')
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  done = subprocess.run([sys.executable, os.path.join(REPO, 'main.py'), '--mode=enhance',
+                         f'--workdir={folder}', f'--input={low}', f'--output={out}'],
+                        env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert os.listdir(out) == ['90.png']
+  assert 'released model (nothing; step 7)' in done.stderr
+  if release.shipped_model() is None:
+    done = subprocess.run([sys.executable, os.path.join(REPO, 'main.py'), '--mode=enhance',
+                           f'--input={low}', f'--output={tmp_path / "out2"}'],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith('error: --mode=enhance needs --workdir')
