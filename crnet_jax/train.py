@@ -506,7 +506,7 @@ def _compiled_eval_step(model: models.CRNet, mesh: jax.sharding.Mesh) -> Callabl
 
 
 # ------------------------------------------------------------------------------------------------
-# Host-side helpers.
+# Host-side functions.
 
 
 def global_batch(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[str, Array]:
