@@ -34,7 +34,7 @@ Commands (benchmarks/README.md has the measured figures):
   # CPU smoke test, the tiny network (well under a minute on 2 cores):
   python benchmarks/bench.py --config=configs/crnet.py:test --steps=2 --warmup=1 \\
       --cases=supervised,mcmt,infer_64x48,input_pipeline --dtypes=float32 --torch=eager
-  # One GPU, the default network, the settings:
+  # One GPU, the default network, the settings of the GPU goals (benchmarks/README.md):
   python benchmarks/bench.py --config=configs/crnet.py --batch=16 --labeled=8 --unlabeled=8 \\
       --patch=128 --torch=both --config.data.num_workers=8 --out=benchmarks/results/h100.jsonl
 
@@ -109,7 +109,7 @@ class Options:
 
 
 # ------------------------------------------------------------------------------------------------
-# Helpers.
+# Utilities.
 
 
 def _now() -> str:

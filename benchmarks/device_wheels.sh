@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Wheels of the requirements.txt packages that the lent GPU machine's image lacks, for its Python
-# 3.12 on manylinux x86_64, into .whl/ (git-ignored; about 11 MiB). Carry `.whl` in a device call
-# and start its command with (from the device tool's README):
+# For a GPU machine without internet access (e.g. an air-gapped cluster): run this on a machine
+# with internet access. It downloads the wheels of the requirements.txt packages that such a
+# machine's image typically lacks, for Python 3.12 on manylinux x86_64, into .whl/ (git-ignored;
+# about 11 MiB); edit MISSING for another image. Copy `.whl` to the GPU machine and start each job
+# there with:
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
 #       --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit;
-# jax, flax, optax, orbax-checkpoint, numpy, etils, pillow, scikit-image, ... are in the image
-# (other versions than requirements.txt pins; the code runs on both).
+# The image is assumed to have jax (with CUDA), flax, optax, orbax-checkpoint, numpy, etils, pillow,
+# scikit-image, ... (other versions than the requirements.txt pins work too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MISSING="clu tensorflow-datasets grain tensorboardX array_record dm-tree docstring_parser

@@ -1,4 +1,4 @@
-r"""LOL v1 helpers: a compact copy of the labeled pairs, the identity baseline, a released model.
+r"""LOL v1 tools: a compact copy of the labeled pairs, the identity baseline, a released model.
 
   # The seeded 10% of LOL's train pairs (what `configs/lol.py:few` trains on) and eval15, copied
   # into a small folder of the same layout (about 45 MiB instead of 330): a GPU machine without

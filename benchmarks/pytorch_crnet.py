@@ -1,7 +1,7 @@
 """CRNet and its train steps in PyTorch: the PyTorch baseline of the benchmarks.
 
 This module is a line-by-line twin of `crnet_jax.layers`, `crnet_jax.models` and `crnet_jax.losses`
-(design page `../shared/design/crnet.md`), written so that the benchmarks can time the same
+(as `docs/model.md` describes them), written so that the benchmarks can time the same
 network and the same train steps in PyTorch. Nothing in training or testing needs it; torch is a
 benchmark-only dependency (`benchmarks/requirements.txt`).
 

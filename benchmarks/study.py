@@ -1,22 +1,24 @@
-r"""The label-efficiency study of issue 8: prepare its data, train its runs, evaluate, report.
+r"""The label-efficiency study: prepare its data, train its runs, evaluate, report.
 
 Does MCMT with 10% of the labels plus unlabeled photos beat CRNet on the same 10% alone, and how
 close does it come to 100% of the labels? The runs are defined in `configs/study.py`; the whole
-procedure, GPU calls included, is in `docs/study.md`.
+procedure, on a GPU machine with or without internet access, is in `docs/study.md`.
 
-  python benchmarks/study.py prepare --shared ../shared/data     # -> study_data/
+  python benchmarks/study.py prepare --sources /data/study_sources     # -> study_data/
   python benchmarks/study.py run --runs crnet10,mcmt10 --budget_minutes 9
   python benchmarks/study.py evaluate
   python benchmarks/study.py report
 
 Subcommands:
 
-- `pack`: copies what the study reads from the shared data folder into a compact folder of the
-  same layout (`study_pack/`), small enough to travel to a lent GPU machine in two calls: the
+- `pack`: copies what the study reads from the sources folder (`--sources`, the public data sets
+  in the layout of docs/data.md) into a compact folder of the same layout (`study_pack/`, 77
+  MiB), small enough to copy to a GPU machine without internet access in a few transfers: the
   BSDS500 JPEGs and SunHays80 as they are, Urban100_sub20 downscaled to `--max_side` (exactly what
-  `prepare` would do to them) and LIME's BMPs as PNGs (same pixels). `prepare --shared study_pack`
-  then writes the same study data as from the shared folder.
-- `prepare`: writes `--study_dir` (default `study_data/`):
+  `prepare` would do to them) and LIME's BMPs as PNGs (same pixels). `prepare --sources
+  study_pack` then writes the same study data as from the sources folder.
+- `prepare`: reads `--sources` (required: the sources folder or a pack) and writes `--study_dir`
+  (default `study_data/`):
   `train/{low,high}` (532 synthetic pairs: CBSD432 by id, SunHays80, Urban100_sub20, each photo
   downscaled to `--max_side` 600 and darkened by `crnet_jax.datasets.degrade` with the seed
   `--seed` and its name, as the `synthetic_pairs` dataset does), `cbsd68/{low,high}` (the 68
@@ -40,8 +42,9 @@ Subcommands:
   PSNR-vs-step curves (`docs/figures/study_curves.png`, from each run's `metrics.jsonl`) and the
   grid of enhanced real photos (`docs/figures/study_grid.png`), drawn with PIL.
 - `bundle` / `unbundle`: each run's last checkpoint, logs and evaluation results (numbers and
-  grid photos) as `.tgz` parts of at most 15 MiB (the device tool returns at most 8 files of
-  16 MiB), to carry a run between GPU sessions and its results back.
+  grid photos) as `.tgz` parts of at most 15 MiB, to move a run between machines (to continue it
+  on another GPU machine, or to bring its results back from one whose transfers are limited in
+  size).
 """
 
 from __future__ import annotations
@@ -124,44 +127,44 @@ def _folder_mib(folder: str) -> float:
 
 
 # ------------------------------------------------------------------------------------------------
-# Sources: which photo of the shared data folder goes where.
+# Sources: which photo of the sources folder goes where.
 
 
-def _bsds_file(shared: str, image_id: str) -> str:
+def _bsds_file(sources: str, image_id: str) -> str:
   for split in ('train', 'test', 'val'):
-    path = os.path.join(shared, 'BSDS500', split, image_id + '.jpg')
+    path = os.path.join(sources, 'BSDS500', split, image_id + '.jpg')
     if os.path.isfile(path):
       return path
-  raise FileNotFoundError(f'BSDS500 image {image_id} not found in {shared}/BSDS500/*/')
+  raise FileNotFoundError(f'BSDS500 image {image_id} not found in {sources}/BSDS500/*/')
 
 
-def study_sources(shared: str) -> dict[str, Any]:
-  """The files the study reads from `shared` (the layout of ../shared/data, see SOURCES.md).
+def study_sources(sources: str) -> dict[str, Any]:
+  """The files the study reads from the folder `sources` (its layout: docs/data.md).
 
   Returns:
     {'train': [(name, file)] (532 with the full data), 'test': [(name, file)] (CBSD68),
     'lol778': (low, high), 'real_dark': {'dicm': [...], 'lime': [...], 'lol_low': [...]}}.
   """
-  splits = os.path.join(shared, 'BSDS500', 'splits')
-  train = [('bsds_' + i, _bsds_file(shared, i))
+  splits = os.path.join(sources, 'BSDS500', 'splits')
+  train = [('bsds_' + i, _bsds_file(sources, i))
            for i in _read_ids(os.path.join(splits, 'CBSD432_ids.txt'))]
-  train += [('sun_' + _stem(f), f) for f in _images(os.path.join(shared, 'SunHays80', 'train'))]
+  train += [('sun_' + _stem(f), f) for f in _images(os.path.join(sources, 'SunHays80', 'train'))]
   train += [('urban_' + _stem(f), f)
-            for f in _images(os.path.join(shared, 'Urban100_sub20', 'train'))]
-  test = [(i, os.path.join(shared, 'BSDS500', 'val', i + '.jpg'))
+            for f in _images(os.path.join(sources, 'Urban100_sub20', 'train'))]
+  test = [(i, os.path.join(sources, 'BSDS500', 'val', i + '.jpg'))
           for i in _read_ids(os.path.join(splits, 'CBSD68_ids.txt'))]
   names = [n for n, _ in train + test]
   if len(set(names)) != len(names):
     raise ValueError('two study photos share a name')
-  lol = os.path.join(shared, 'LOL', 'eval15')
+  lol = os.path.join(sources, 'LOL', 'eval15')
   lol_low = _images(os.path.join(lol, 'low'))
   pair = [f for f in lol_low if _stem(f) == LOL_TEST]
   high = [f for f in _images(os.path.join(lol, 'high')) if _stem(f) == LOL_TEST]
   if not pair or not high:
     raise FileNotFoundError(f'{lol}: the LOL pair {LOL_TEST} (low/ and high/) is missing')
   return {'train': train, 'test': test, 'lol778': (pair[0], high[0]),
-          'real_dark': {'dicm': _images(os.path.join(shared, 'DICM', 'test')),
-                        'lime': _images(os.path.join(shared, 'LIME', 'test')),
+          'real_dark': {'dicm': _images(os.path.join(sources, 'DICM', 'test')),
+                        'lime': _images(os.path.join(sources, 'LIME', 'test')),
                         'lol_low': [f for f in lol_low if _stem(f) != LOL_TEST]}}
 
 
@@ -171,11 +174,11 @@ def study_sources(shared: str) -> dict[str, Any]:
 
 def cmd_pack(args) -> dict[str, float]:
   """Copies the study's sources into `args.pack` (same layout, smaller); returns MiB per folder."""
-  shared, pack = os.path.abspath(args.shared), os.path.abspath(args.pack)
-  src = study_sources(shared)
+  sources, pack = os.path.abspath(args.sources), os.path.abspath(args.pack)
+  src = study_sources(sources)
   os.makedirs(os.path.join(pack, 'BSDS500', 'splits'), exist_ok=True)
   for f in ('CBSD432_ids.txt', 'CBSD68_ids.txt'):
-    shutil.copy2(os.path.join(shared, 'BSDS500', 'splits', f),
+    shutil.copy2(os.path.join(sources, 'BSDS500', 'splits', f),
                  os.path.join(pack, 'BSDS500', 'splits', f))
 
   def put(path: str, rel_dir: str, shrink: bool = False) -> None:
@@ -198,7 +201,7 @@ def cmd_pack(args) -> dict[str, float]:
       _save_png(os.path.join(out_dir, _stem(path) + '.png'), photo)
 
   for name, path in src['train'] + src['test']:
-    rel = os.path.relpath(os.path.dirname(path), shared)
+    rel = os.path.relpath(os.path.dirname(path), sources)
     put(path, rel, shrink=name.startswith('urban_'))
   put(src['lol778'][0], 'LOL/eval15/low')
   put(src['lol778'][1], 'LOL/eval15/high')
@@ -250,8 +253,8 @@ def _link(src: str, dst: str, copy: bool) -> None:
 
 def cmd_prepare(args) -> dict[str, Any]:
   """Writes the study data folder (module docstring); returns its manifest."""
-  shared, study_dir = os.path.abspath(args.shared), os.path.abspath(args.study_dir)
-  src = study_sources(shared)
+  sources, study_dir = os.path.abspath(args.sources), os.path.abspath(args.study_dir)
+  src = study_sources(sources)
   settings = {'seed': int(args.seed), 'max_side': int(args.max_side),
               'degradation': _degradation()}
   manifest_path = os.path.join(study_dir, 'manifest.json')
@@ -275,7 +278,7 @@ def cmd_prepare(args) -> dict[str, Any]:
 
   # CBSD68 is read from BSDS500/val: check it against the CBSD68 PNGs when they are at hand.
   cbsd68_check = 'CBSD68/test not at hand'
-  cbsd68_dir = os.path.join(shared, 'CBSD68', 'test')
+  cbsd68_dir = os.path.join(sources, 'CBSD68', 'test')
   if os.path.isdir(cbsd68_dir):
     diffs = []
     for name, path in src['test']:
@@ -296,7 +299,7 @@ def cmd_prepare(args) -> dict[str, Any]:
     shutil.rmtree(folder, ignore_errors=True)
     for f in files:
       _link(f, os.path.join(folder, os.path.basename(f)), args.copy)
-  manifest = {**settings, 'shared': shared, 'cbsd68_check': cbsd68_check,
+  manifest = {**settings, 'sources': sources, 'cbsd68_check': cbsd68_check,
               'counts': {'train': len(src['train']), 'cbsd68': len(src['test']),
                          **{k: len(v) for k, v in src['real_dark'].items()}},
               'train': [n for n, _ in src['train']], 'cbsd68': [n for n, _ in src['test']]}
@@ -1057,14 +1060,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "'small' (CPU scale), 'cpu'")
 
   p = sub.add_parser('pack', help='copy the sources into a compact folder of the same layout')
-  p.add_argument('--shared', default=os.path.join(REPO, '..', 'shared', 'data'))
+  p.add_argument('--sources', '--shared', dest='sources', required=True,
+                 help='the folder holding the sources, in the layout of docs/data.md')
   p.add_argument('--pack', default=os.path.join(REPO, 'study_pack'))
   p.add_argument('--max_side', type=int, default=600)
   p.set_defaults(fn=cmd_pack)
 
   p = sub.add_parser('prepare', help='write the study data folder')
-  p.add_argument('--shared', default=os.path.join(REPO, '..', 'shared', 'data'),
-                 help='the shared data folder, or a folder written by pack')
+  p.add_argument('--sources', '--shared', dest='sources', required=True,
+                 help='the folder holding the sources, in the layout of docs/data.md, or a '
+                 'folder written by pack')
   p.add_argument('--study_dir', default=DEFAULT_STUDY_DIR)
   p.add_argument('--seed', type=int, default=study_config.SEED,
                  help='the degradation seed (configs/study.py data.seed)')

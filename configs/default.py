@@ -1,4 +1,4 @@
-"""Base config: every field of `../shared/design/crnet.md`, with its defaults.
+"""Base config: every field of the model and its training (docs/model.md), with its defaults.
 
 The run configs (`configs/crnet.py`, `configs/mcmt.py`) start from this one and change only what
 their recipe needs. Field groups:
@@ -15,7 +15,7 @@ import ml_collections
 
 
 def get_model_config() -> ml_collections.ConfigDict:
-  """The CRNet fields (design page: Shapes, MC, memory, LAM, LMRG)."""
+  """The CRNet fields (docs/model.md: shapes, MC, memory, LAM, LMRG)."""
   m = ml_collections.ConfigDict()
   m.features = 32  # C
   m.num_groups = 4  # N distinct LMRGs
@@ -58,7 +58,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.mcmt = ml_collections.ConfigDict()
   config.mcmt.ema_decay = 0.99
-  config.mcmt.noise_std = 0.02  # std of the Gaussian noise on the teacher's input (then clipped)
+  config.mcmt.noise_std = 0.02  # std of the Gaussian noise on the teacher's input
+  # Clip the teacher's noisy input to [0, 1] (True). Clipping biases the noise brighter in the
+  # darkest pixels (negative draws are cut off at 0); False keeps it zero-mean (docs/model.md).
+  config.mcmt.clip_noisy_input = True
   config.mcmt.ema_warmup = False  # decay min(ema_decay, 1 - 1 / (step + 1)); off in the paper
   config.mcmt.rampup_epochs = 0.0  # sigmoid ramp-up of lam over these epochs; 0 = off (paper)
 

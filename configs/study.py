@@ -1,11 +1,11 @@
-r"""The runs of the label-efficiency study (issue 8): few labels + unlabeled photos vs. labels.
+r"""The runs of the label-efficiency study: few labels + unlabeled photos vs. labels.
 
 Every run trains on synthetic low/normal pairs made by `benchmarks/study.py prepare` from 532
 clean photos (CBSD432 + SunHays80 + Urban100_sub20, darkened by `crnet_jax/datasets/degrade.py`)
 and evaluates during training on the 68 CBSD68 photos darkened the same way (the `paired_folders`
 dataset with separate test folders). `docs/study.md` gives the commands; in short:
 
-  python benchmarks/study.py prepare --shared ../shared/data          # -> study_data/
+  python benchmarks/study.py prepare --sources /data/study_sources    # -> study_data/
   python main.py --config=configs/study.py:mcmt10 --workdir=runs/study/mcmt10
   python benchmarks/study.py run --runs crnet10,mcmt10 --budget_minutes 9  # resumable
 

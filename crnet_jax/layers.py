@@ -1,4 +1,4 @@
-"""The building blocks of CRNet (flax.linen), as `../shared/design/crnet.md` reads the paper.
+"""The building blocks of CRNet (flax.linen), as `docs/model.md` reads the paper.
 
 Every module keeps its parameters in float32 (`param_dtype`) and computes in `dtype` (float32, or
 bfloat16 for speed). All convolutions are 3x3, stride 1, SAME padding, with bias.

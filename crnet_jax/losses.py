@@ -4,7 +4,7 @@ Images are NHWC (or HWC) float arrays with data range 1. The metrics reduce over
 keep any leading batch axes. Every metric takes an optional `mask` (same leading shape, last axis 1
 or C, 1 on real pixels) so that padded evaluation batches count only real pixels.
 
-Losses (design page, "Losses"):
+Losses (docs/model.md, "The losses"):
 - `progressive_enhancement_loss`: L_PE = L_E + beta * L_ms, with L_E = 1 - SSIM(final, gt) and
   L_ms = mean_i mean|stage_i - gt| over the N-1 intermediate stages.
 - `consistency_loss`: L_C = mean (f_student(x) - sg[f_teacher(x + eta)])^2.
@@ -131,7 +131,7 @@ def mid_step_loss(intermediates: Sequence[Array], target: Array) -> Array:
 
 def progressive_enhancement_loss(final: Array, intermediates: Sequence[Array], target: Array,
                                  beta: float = 1.0) -> tuple[Array, dict[str, Array]]:
-  """Progressive enhancement loss, L_PE = L_E + beta * L_ms (design page, "Losses").
+  """Progressive enhancement loss, L_PE = L_E + beta * L_ms (docs/model.md).
 
   Returns the loss and its terms `{'enhancement': L_E, 'mid_step': L_ms}`.
   """
@@ -149,7 +149,7 @@ def consistency_loss(student: Array, teacher: Array) -> Array:
 def multi_consistency_loss(student_final: Array, student_intermediates: Sequence[Array],
                            teacher_final: Array, teacher_intermediates: Sequence[Array],
                            gamma: float = 1.0) -> tuple[Array, dict[str, Array]]:
-  """Multi-consistency regularisation, L_MCR = L_C + gamma * L_mc (design page, "Losses").
+  """Multi-consistency regularisation, L_MCR = L_C + gamma * L_mc (docs/model.md).
 
   L_mc = mean_i L_C(stage_i^student, stage_i^teacher) over the N-1 intermediate stages. The
   teacher's outputs get no gradient. Returns the loss and `{'consistency': L_C,

@@ -42,7 +42,7 @@ def remat_policy(name: str):
 
 
 class LMRG(nn.Module):
-  """One pass of a layer-attentive masked residual group (design page: "LMRG (one pass)").
+  """One pass of a layer-attentive masked residual group (docs/model.md, "One LMRG pass").
 
   ```
   z  = MC_head(concat(x, y))        # 6 -> C
@@ -242,8 +242,8 @@ def create_model(model_config: ml_collections.ConfigDict) -> CRNet:
 def num_params(model_config: ml_collections.ConfigDict, channels: int = 3) -> int:
   """The analytic parameter count of CRNet for `config.model` (1,240,732 for the defaults).
 
-  Counted module by module from the design page, independently of the flax code, so a test can
-  check that the network has exactly the parameters the design describes.
+  Counted module by module from the shapes of docs/model.md, independently of the flax code, so a
+  test can check that the network has exactly the parameters the design describes.
   """
   c, b = model_config.features, model_config.num_blocks
 
@@ -266,10 +266,10 @@ def flops_per_pixel(model_config: ml_collections.ConfigDict, channels: int = 3) 
 
   Two FLOPs (a multiply and an add) per multiply-accumulate of every 3x3 convolution (9 * C_in *
   C_out per pixel) and of the layer attention's two einsums (the energy `F F^T` and `A F`, each
-  B * B * C per pixel, counted as the full matrix products of the design page), summed over the
+  B * B * C per pixel, counted as the full matrix products of docs/model.md), summed over the
   N * T passes. Biases, activations, gates, residual sums and the softmax are left out (a few
   hundred FLOPs per pixel, under 0.1%), as is usual for FLOP counts of convolutional networks.
-  Counted like `num_params`, from the design page and independently of the flax code; a train
+  Counted like `num_params`, from docs/model.md and independently of the flax code; a train
   step costs about 3x the forward pass (the backward pass computes two convolutions per forward
   one: the input gradient and the kernel gradient).
   """

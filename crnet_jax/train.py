@@ -12,7 +12,8 @@
   40, 60, 90 of 100).
 - Supervised step: L_PE = L_E + beta * L_ms of the student on the labeled batch.
 - MCMT step: the student runs once on concat(labeled, unlabeled); the teacher, outside the
-  gradient, on the same batch with Gaussian noise (std `mcmt.noise_std`, clipped to [0, 1]);
+  gradient, on the same batch with Gaussian noise (std `mcmt.noise_std`, clipped to [0, 1]
+  unless `mcmt.clip_noisy_input` is False);
   L_SSL = L_PE(labeled) + lam * (L_C + gamma * L_mc); after the Adam update the teacher becomes
   `optax.incremental_update(student, teacher, 1 - ema_decay)`. Optional (off in the paper): a
   sigmoid ramp-up of lam over `mcmt.rampup_epochs` and the EMA warm-up
@@ -143,6 +144,7 @@ class StepConfig:
   ema_decay: float = 0.99
   ema_warmup: bool = False
   noise_std: float = 0.02
+  clip_noisy_input: bool = True
   rampup_steps: int = 0
   learning_rate: float = 5e-4
   lr_boundaries: tuple[tuple[int, float], ...] = ()  # (step, scale) pairs, sorted
@@ -157,6 +159,7 @@ class StepConfig:
         ema_decay=float(config.mcmt.ema_decay),
         ema_warmup=bool(config.mcmt.ema_warmup),
         noise_std=float(config.mcmt.noise_std),
+        clip_noisy_input=bool(config.mcmt.get('clip_noisy_input', True)),
         rampup_steps=int(round(float(config.mcmt.rampup_epochs) * steps_per_epoch)),
         learning_rate=float(config.learning_rate),
         lr_boundaries=lr_boundaries(config, steps_per_epoch))
@@ -231,6 +234,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
   need(is_num(m.rampup_epochs) and m.rampup_epochs >= 0,
        f'mcmt.rampup_epochs must be non-negative (0 = off), got {m.rampup_epochs!r}')
   need(isinstance(m.ema_warmup, bool), f'mcmt.ema_warmup must be a bool, got {m.ema_warmup!r}')
+  clip = m.get('clip_noisy_input', True)
+  need(isinstance(clip, bool), f'mcmt.clip_noisy_input must be a bool, got {clip!r}')
   need(is_num(config.eval_every_epochs) and config.eval_every_epochs >= 0,
        f'eval_every_epochs must be non-negative (0 = only at the end), got '
        f'{config.eval_every_epochs!r}')
@@ -351,13 +356,18 @@ def supervised_step(state: TrainState, batch: Mapping[str, Array], *, model: mod
   return new_state, {'loss': loss, **terms, **info}
 
 
-def teacher_input(state: TrainState, x: Array, noise_std: float) -> Array:
-  """`clip(x + noise_std * N(0, 1), 0, 1)` with noise from `fold_in(state.rng, state.step)`."""
+def teacher_input(state: TrainState, x: Array, noise_std: float, clip: bool = True) -> Array:
+  """`clip(x + noise_std * N(0, 1), 0, 1)` with noise from `fold_in(state.rng, state.step)`.
+
+  With `clip=False` (`mcmt.clip_noisy_input`) the noisy input is left unclipped: zero-mean noise
+  even in the darkest pixels, where clipping at 0 makes it brighter on average (docs/model.md).
+  """
   if noise_std == 0:
     return x
   rng = jax.random.fold_in(state.rng, state.step)
   noise = jax.random.normal(rng, x.shape, jnp.float32)
-  return jnp.clip(x + noise_std * noise, 0.0, 1.0)
+  noisy = x + noise_std * noise
+  return jnp.clip(noisy, 0.0, 1.0) if clip else noisy
 
 
 def mcmt_step(state: TrainState, batch: Mapping[str, Array], *, model: models.CRNet,
@@ -369,8 +379,9 @@ def mcmt_step(state: TrainState, batch: Mapping[str, Array], *, model: models.CR
   version of the same batch, outside the gradient (its outputs are constants).
   """
   x = jnp.concatenate([batch['low'], batch['unlabeled']], axis=0)
+  noisy = teacher_input(state, x, hp.noise_std, hp.clip_noisy_input)
   teacher_final, teacher_intermediates = jax.lax.stop_gradient(
-      model.apply({'params': state.teacher_params}, teacher_input(state, x, hp.noise_std)))
+      model.apply({'params': state.teacher_params}, noisy))
   lam = consistency_weight(hp, state.step)
 
   def loss_fn(params):
@@ -495,7 +506,7 @@ def _compiled_eval_step(model: models.CRNet, mesh: jax.sharding.Mesh) -> Callabl
 
 
 # ------------------------------------------------------------------------------------------------
-# Host-side helpers.
+# Host-side functions.
 
 
 def global_batch(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[str, Array]:

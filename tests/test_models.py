@@ -70,7 +70,7 @@ def test_structure_and_parameter_count(overrides):
 
 
 def test_default_parameter_count_is_the_papers():
-  # The design page's network has about 1.2 M parameters; the formula gives the exact figure.
+  # The paper's network has about 1.2 M parameters; the formula gives the exact figure.
   assert models.num_params(default.get_model_config()) == 1_240_732
 
 

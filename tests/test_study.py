@@ -1,8 +1,8 @@
-"""The study of issue 8 (configs/study.py, benchmarks/study.py) end to end at CPU scale.
+"""The label-efficiency study (configs/study.py, benchmarks/study.py) end to end at CPU scale.
 
-A tiny copy of the shared data layout is generated in tmp_path (never the real shared data folder): a few small
-photos for BSDS500 (with its id lists), SunHays80 and Urban100_sub20, the LOL 778 pair and two
-more LOL lows, DICM and LIME photos. Then pack -> prepare -> run (two runs, `cpu` size,
+A tiny copy of the sources layout (docs/data.md) is generated in tmp_path (never the real data):
+a few small photos for BSDS500 (with its id lists), SunHays80 and Urban100_sub20, the LOL 778
+pair and two more LOL lows, DICM and LIME photos. Then pack -> prepare -> run (two runs, `cpu` size,
 in-process) -> evaluate -> report, checking what each step writes.
 """
 
@@ -35,9 +35,9 @@ def _save(path, image, **kwargs):
 
 
 @pytest.fixture(scope='module')
-def shared(tmp_path_factory):
-  """A miniature copy of the shared data layout: 10 train photos, 2 test photos, LOL, DICM, LIME."""
-  root = str(tmp_path_factory.mktemp('shared'))
+def sources(tmp_path_factory):
+  """A miniature copy of the sources layout: 10 train photos, 2 test photos, LOL, DICM, LIME."""
+  root = str(tmp_path_factory.mktemp('sources'))
   rng = np.random.default_rng(0)
   train_ids = ['100', '101', '102', '103', '104', '105', '106']  # train, test and val
   test_ids = ['201', '202']  # in val, like CBSD68
@@ -101,7 +101,7 @@ def test_configs_define_every_run_with_equal_budgets():
     study_config.get_config('mcmt11')
 
 
-def test_plot_helpers(tmp_path):
+def test_plot_functions(tmp_path):
   curves = str(tmp_path / 'c.png')
   study.plot_curves([{'label': 'a', 'color': (255, 0, 0), 'dashed': False,
                       'points': [(0, 10.0), (5, 12.5)]},
@@ -130,15 +130,15 @@ def test_crossing_step_and_gap():
   assert 'gap' not in line and 'no 10% -> 100% gap to close' in note
 
 
-def test_study_end_to_end(shared, tmp_path):
+def test_study_end_to_end(sources, tmp_path):
   pack = str(tmp_path / 'pack')
-  sizes = study.main(['pack', '--shared', shared, '--pack', pack, '--max_side', '64'])
+  sizes = study.main(['pack', '--sources', sources, '--pack', pack, '--max_side', '64'])
   assert set(sizes) == {'BSDS500', 'SunHays80', 'Urban100_sub20', 'LOL', 'DICM', 'LIME'}
   assert Image.open(os.path.join(pack, 'Urban100_sub20', 'train', 'img_001.png')).size == (64, 43)
   assert os.path.isfile(os.path.join(pack, 'LIME', 'test', '1.png'))  # BMP -> PNG
 
   study_dir = str(tmp_path / 'study_data')
-  manifest = study.main(['prepare', '--shared', shared, '--study_dir', study_dir,
+  manifest = study.main(['prepare', '--sources', sources, '--study_dir', study_dir,
                          '--max_side', '64'])
   assert manifest['counts'] == {'train': 10, 'cbsd68': 2, 'dicm': 2, 'lime': 1, 'lol_low': 2}
   assert manifest['cbsd68_check'].endswith('max abs diff 0')
@@ -146,20 +146,20 @@ def test_study_end_to_end(shared, tmp_path):
                                                                                  '22.png']
   # The pairs are what the synthetic_pairs dataset makes of the photo (same seed and name).
   photo = synthetic_pairs.resize_max_side(image_io.load_image_uint8(
-      os.path.join(shared, 'Urban100_sub20', 'train', 'img_002.png')), 64)
+      os.path.join(sources, 'Urban100_sub20', 'train', 'img_002.png')), 64)
   low = image_io.to_uint8(degrade.degrade(photo, degrade.image_seed(0, 'urban_img_002')))
   np.testing.assert_array_equal(image_io.load_image_uint8(
       os.path.join(study_dir, 'train', 'low', 'urban_img_002.png')), low)
   # From the pack, the same study data.
   from_pack = str(tmp_path / 'from_pack')
-  study.main(['prepare', '--shared', pack, '--study_dir', from_pack, '--max_side', '64'])
+  study.main(['prepare', '--sources', pack, '--study_dir', from_pack, '--max_side', '64'])
   for sub in ('train/low', 'train/high', 'cbsd68/low'):
     for name in os.listdir(os.path.join(study_dir, sub)):
       np.testing.assert_array_equal(
           image_io.load_image_uint8(os.path.join(study_dir, sub, name)),
           image_io.load_image_uint8(os.path.join(from_pack, sub, name)))
   with pytest.raises(SystemExit, match='other settings'):
-    study.main(['prepare', '--shared', shared, '--study_dir', study_dir, '--seed', '1'])
+    study.main(['prepare', '--sources', sources, '--study_dir', study_dir, '--seed', '1'])
 
   work = str(tmp_path / 'runs')
   common = ['--study_dir', study_dir, '--work', work, '--size', 'cpu']
@@ -203,7 +203,7 @@ def test_study_end_to_end(shared, tmp_path):
   assert grid.size[0] == 4 * 170 + 3 * 3
   assert Image.open(out / 'curves.png').size == (1100, 620)
 
-  # Bundles restore a run elsewhere (to carry it between GPU sessions).
+  # Bundles restore a run elsewhere (to move it between machines).
   parts = study.main(['bundle', *common, '--out', str(tmp_path / 'bundle')])
   assert {os.path.basename(p) for p in parts} == {'crnet10.tgz.part00', 'mcmt10.tgz.part00'}
   restored = study.main(['unbundle', '--work', str(tmp_path / 'elsewhere'),

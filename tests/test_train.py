@@ -164,6 +164,34 @@ def test_ema_warmup_and_rampup_schedules():
   assert float(train.consistency_weight(train.StepConfig(lam=0.5), jnp.asarray(0))) == 0.5
 
 
+def test_teacher_input_noise_clipped_or_not():
+  config = mcmt.get_config()
+  assert config.mcmt.clip_noisy_input  # the default: clipped to [0, 1]
+  std = config.mcmt.noise_std
+  hp = train.StepConfig.from_config(config, steps_per_epoch=10)
+  assert hp.clip_noisy_input and hp.noise_std == std
+  config.mcmt.clip_noisy_input = False
+  assert not train.StepConfig.from_config(config, steps_per_epoch=10).clip_noisy_input
+  state = train.TrainState(step=jnp.asarray(3, jnp.int32), params=None, teacher_params=None,
+                           opt_state=None, rng=jax.random.PRNGKey(0))
+  # Left half black (0), right half mid-grey (0.5).
+  x = jnp.concatenate([jnp.zeros((2, 128, 64, 3)), jnp.full((2, 128, 64, 3), 0.5)], axis=2)
+  clipped = np.asarray(train.teacher_input(state, x, std))
+  unclipped = np.asarray(train.teacher_input(state, x, std, clip=False))
+  black = np.asarray(x) == 0
+  assert unclipped[black].min() < 0  # zero-mean noise goes below black
+  assert clipped.min() >= 0 and clipped.max() <= 1
+  # The same draw: clipping only cuts, and on mid-grey it changes nothing.
+  np.testing.assert_array_equal(clipped, np.clip(unclipped, 0, 1))
+  noise = unclipped - np.asarray(x)
+  # 98,304 draws: the sample std is within 1% of noise_std (its standard error is 0.23%).
+  assert np.std(noise) == pytest.approx(std, rel=0.01)
+  assert abs(np.mean(noise)) < 3 * std / np.sqrt(noise.size)
+  # Clipped, the black pixels get brighter on average: E[max(0, std z)] = std / sqrt(2 pi).
+  assert np.mean(clipped[black]) == pytest.approx(std / np.sqrt(2 * np.pi), rel=0.03)
+  assert np.asarray(train.teacher_input(state, x, 0.0)).tolist() == np.asarray(x).tolist()
+
+
 def test_learning_rate_schedule_halves_at_configured_epochs(data_dir):
   config = make_config('supervised', data_dir, learning_rate=1e-3, lr_decay_epochs=(2, 4, 4.5))
   schedule = train.create_learning_rate_schedule(config, steps_per_epoch=10)
