@@ -32,6 +32,7 @@ import pytest
 from crnet_jax import checkpointing
 from crnet_jax import train
 from tests import test_kill_resume as kr
+from tests.test_bad_inputs import snapshot  # {relative path: sha1} of a folder
 
 STEPS = kr.STEPS
 
@@ -44,17 +45,6 @@ def reference(tmp_path_factory):
   with kr.persistent_compilation_cache(cache):
     assert train.train_and_evaluate(kr.make_config(data_dir), workdir)['step'] == STEPS
   return data_dir, cache, workdir
-
-
-def snapshot(folder):
-  """{relative path: bytes} of every file under `folder`."""
-  files = {}
-  for root, _, names in os.walk(folder):
-    for name in names:
-      path = os.path.join(root, name)
-      with open(path, 'rb') as f:
-        files[os.path.relpath(path, folder)] = f.read()
-  return files
 
 
 def assert_same_run(workdir, reference_workdir):
