@@ -32,6 +32,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -137,6 +138,13 @@ class Check:
                   for k, (op, v, u, w) in GOALS.items()},
         'options': {}, 'kernel_tables': {}, 'stages': {}, 'skipped': [], 'elapsed_s': 0.0}
     os.makedirs(out, exist_ok=True)
+    # A rerun into the same folder starts afresh (no appended records, no resumed run, no warm
+    # compilation cache for the cold start).
+    for old in glob.glob(os.path.join(out, 'bench-*')) + [self.records_path]:
+      if os.path.isfile(old):
+        os.remove(old)
+    for old in ('jax_cache', 'main-cold', 'main-warm', 'profile'):
+      shutil.rmtree(os.path.join(out, old), ignore_errors=True)
     self.write()
 
   # -- bookkeeping ------------------------------------------------------------------------------
@@ -158,7 +166,7 @@ class Check:
       return
     least, most = self.sizes.times[kind]
     left = self.remaining() - 3.0  # the summary's own time
-    reason = needs or (f'{left:.0f} s left of the budget, it needs {least:.0f} s'
+    reason = needs or (f'{max(left, 0):.0f} s left of the budget, it needs {least:.0f} s'
                        if left < least else '')
     if reason:
       self.summary['stages'][name] = {'status': 'skipped', 'reason': reason}
