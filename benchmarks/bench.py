@@ -101,6 +101,9 @@ class Options:
   end_to_end: bool = True
   pipeline_steps: int = 0  # batches timed for input_pipeline (0: 5 * steps)
   profile_dir: str = ''
+  # Train steps traced after the timed ones (0: trace the warm-up and timed steps themselves).
+  profile_steps: int = 0
+  jax: bool = True  # False: time only the PyTorch twin (the JAX params are initialised, not timed)
   out: str = ''
   # XLA options for the timed executables (`.compile(compiler_options=...)`), e.g.
   # {'xla_gpu_autotune_level': 4}; recorded in each record.
@@ -206,7 +209,10 @@ class _Profile:
 
   def __enter__(self):
     if self.path:
-      jax.profiler.start_trace(self.path)
+      try:  # also a perfetto_trace.json.gz (benchmarks/kernel_table.py reads it)
+        jax.profiler.start_trace(self.path, create_perfetto_trace=True)
+      except TypeError:  # a jax without the argument
+        jax.profiler.start_trace(self.path)
     return self
 
   def __exit__(self, *exc):
@@ -261,8 +267,14 @@ def bench_train(config: ml_collections.ConfigDict, method: str, dtype: str, opts
     holder['state'], metrics = compiled(holder['state'], batch)
     return holder['state'], metrics
 
-  with _Profile(opts.profile_dir, f'{method}_{dtype}'):
+  profile = _Profile(opts.profile_dir, f'{method}_{dtype}')
+  if profile.path and opts.profile_steps:  # time untraced, then trace a few more steps
     times = _time_steps(step, opts.steps, opts.warmup, jax.block_until_ready)
+    with profile:
+      _time_steps(step, opts.profile_steps, 0, jax.block_until_ready)
+  else:
+    with profile:
+      times = _time_steps(step, opts.steps, opts.warmup, jax.block_until_ready)
   loss = float(jax.device_get(step()[1]['loss']))
   patches = sizes['labeled'] + sizes['unlabeled']
   summary = _summary(times)
@@ -279,7 +291,17 @@ def bench_train(config: ml_collections.ConfigDict, method: str, dtype: str, opts
       'tflops': flops / (summary['median_ms'] / 1e3) / 1e12,
       'loss_finite': bool(np.isfinite(loss)),
   }
+  if profile.path:  # the steps in the trace (kernel_table.py divides by them)
+    record.update(profile_path=profile.path,
+                  profile_steps=opts.profile_steps or opts.warmup + opts.steps)
   return record, params
+
+
+def init_params(config: ml_collections.ConfigDict, dtype: str) -> Any:
+  """The network's initial params on the host, without timing anything (for `--nojax`)."""
+  model = models.create_model(_with(config, **{'model.dtype': dtype}).model)
+  return jax.device_get(jax.jit(functools.partial(models.init_params, model))(
+      jax.random.PRNGKey(int(config.seed))))
 
 
 def bench_infer(config: ml_collections.ConfigDict, case: str, dtype: str, opts: Options,
@@ -498,7 +520,9 @@ def run(config: ml_collections.ConfigDict, opts: Options) -> list[dict[str, Any]
             record['vs_mcmt_step'] = record['patches_per_s'] / step_rate
           _emit({**common, **record}, opts, records)
           continue
-        if case in TRAIN_FORWARDS:
+        if not opts.jax:
+          record, params = None, init_params(config, dtype)
+        elif case in TRAIN_FORWARDS:
           record, params = bench_train(config, case, dtype, opts, devices)
           if case == 'mcmt':
             mcmt_rate[dtype] = record['patches_per_s']
@@ -512,13 +536,15 @@ def run(config: ml_collections.ConfigDict, opts: Options) -> list[dict[str, Any]
       for variant in torch_variants:
         try:
           t = bench_torch(config, case, dtype, variant, opts, params)
-          record[f'vs_torch_{variant}'] = record[rate_key] / t[rate_key]
-          t[f'jax_vs_torch_{variant}'] = record[f'vs_torch_{variant}']
+          if record is not None:
+            record[f'vs_torch_{variant}'] = record[rate_key] / t[rate_key]
+            t[f'jax_vs_torch_{variant}'] = record[f'vs_torch_{variant}']
         except Exception as e:  # pylint: disable=broad-except
           t = {'case': case, 'framework': 'torch', 'variant': variant, 'dtype': dtype,
                'error': f'{type(e).__name__}: {e}'[:2000]}
         _emit({**common, **t}, opts, records)
-      _emit({**common, **record}, opts, records)
+      if record is not None:
+        _emit({**common, **record}, opts, records)
   return records
 
 
@@ -563,6 +589,10 @@ def define_flags() -> None:
   flags.DEFINE_bool('end_to_end', True, 'Also time Enhancer.__call__ on a numpy image.')
   flags.DEFINE_integer('pipeline_steps', 0, 'Batches timed for input_pipeline (0: 5 * steps).')
   flags.DEFINE_string('profile_dir', '', 'Write a jax.profiler trace of the timed steps here.')
+  flags.DEFINE_integer('profile_steps', 0,
+                       'With --profile_dir: trace this many train steps after the timed ones '
+                       '(0: trace the warm-up and timed steps).')
+  flags.DEFINE_bool('jax', True, 'Time the JAX cases (--nojax: only the PyTorch twin\'s).')
   flags.DEFINE_bool('isolate', False, 'Run each case and dtype in a fresh process.')
   flags.DEFINE_string('out', '', 'Append the JSON lines to this file too.')
   flags.DEFINE_list('xla_options', [],
@@ -590,7 +620,8 @@ def main(argv: Sequence[str]) -> None:
   opts = Options(cases=f.cases, dtypes=f.dtypes, steps=f.steps, warmup=f.warmup, torch=f.torch,
                  batch=f.batch, labeled=f.labeled, unlabeled=f.unlabeled, patch=f.patch,
                  num_devices=f.num_devices, infer_path=f.infer_path, end_to_end=f.end_to_end,
-                 pipeline_steps=f.pipeline_steps, profile_dir=f.profile_dir, out=f.out,
+                 pipeline_steps=f.pipeline_steps, profile_dir=f.profile_dir,
+                 profile_steps=f.profile_steps, jax=f.jax, out=f.out,
                  compiler_options=dict(_parse_option(o) for o in f.xla_options),
                  extra={'command': ' '.join(['python', 'benchmarks/bench.py'] + sys.argv[1:])})
   if f.isolate:
