@@ -206,6 +206,8 @@ def fail(message: str) -> None:
 def main(argv):
   if len(argv) > 1:
     fail(f'too many command-line arguments: {argv[1:]}')
+  from crnet_jax import logs  # pylint: disable=g-import-not-at-top
+  logs.quiet_libraries(FLAGS.verbosity)  # library chatter only with --verbosity=1
   try:
     initialize_distributed()
     enable_compilation_cache(FLAGS.jax_cache_dir)

@@ -47,7 +47,6 @@ import dataclasses
 import errno
 import functools
 import json
-import logging as std_logging
 import math
 import os
 import signal
@@ -75,6 +74,7 @@ except ImportError:  # pragma: no cover
 
 from crnet_jax import checkpointing
 from crnet_jax import input_pipeline
+from crnet_jax import logs
 from crnet_jax import losses
 from crnet_jax import models
 
@@ -587,6 +587,22 @@ def _write_atomically(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
+PARAMETERS_FILE = 'parameters.txt'
+
+
+def _count(tree: PyTree) -> int:
+  """The number of scalars in the arrays of `tree`."""
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def parameter_table(params: PyTree) -> str:
+  """One row per parameter array (name, shape, dtype, size, mean, std), then the integer totals."""
+  table = parameter_overview.get_parameter_overview(jax.device_get(params))
+  rows = [line for line in table.splitlines() if not line.startswith('Total:')]
+  return '\n'.join(rows) + (f'\nTotal: {_count(params):,} parameters, {_nbytes(params):,} '
+                            'bytes\n')
+
+
 def _nbytes(tree: PyTree) -> int:
   """Bytes of the (global) arrays of `tree`: the size of one checkpoint of it."""
   return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
@@ -686,24 +702,6 @@ class _Writer:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
-
-
-class _QuietOrbax:
-  """absl log filter: keeps only orbax's warnings and errors (its INFO lines flood the log)."""
-
-  def filter(self, record) -> bool:
-    return record.levelno >= std_logging.WARNING or (
-        f'{os.sep}orbax{os.sep}' not in str(getattr(record, 'pathname', '')))
-
-
-_QUIET_ORBAX = _QuietOrbax()
-
-
-def quiet_orbax_logs() -> None:
-  """Installs the `_QuietOrbax` filter once on absl's logger."""
-  logger = logging.get_absl_logger()
-  if _QUIET_ORBAX not in logger.filters:
-    logger.addFilter(_QUIET_ORBAX)
 
 
 def _metric_collection(names: Iterable[str]) -> type[clu_metrics.Collection]:
@@ -886,7 +884,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     TrainingStopped: SIGTERM or SIGINT arrived; the checkpoint of the step it stopped at is saved.
   """
   validate_config(config)
-  quiet_orbax_logs()
+  logs.quiet_libraries()  # main.py has done it already; for Python callers
   workdir = os.path.abspath(workdir)
   checkpointing.check_writable(workdir)  # before building any data: fail in seconds
   is_main = jax.process_index() == 0
@@ -920,9 +918,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     fns = compiled_functions(model, hp, mesh)
     t0 = time.time()
     state = fns.init(jax.random.PRNGKey(config.seed))
-    logging.info('Initialised the state in %.1f s. Parameters (student; the teacher is a copy):'
-                 '\n%s', time.time() - t0,
-                 parameter_overview.get_parameter_overview(jax.device_get(state.params)))
+    logging.info('Model: CRNet, %s parameters%s; initialised in %.1f s (table: %s).',
+                 f'{_count(state.params):,}', ' (student; the teacher is a copy)' if mcmt else '',
+                 time.time() - t0, os.path.join(workdir, PARAMETERS_FILE))
     checkpointing.check_free_space(workdir, _nbytes(state))
     # One writer: a second run stops here, having changed nothing in the workdir (a run refused
     # for bad data or config above leaves even the lock file as it was).
@@ -949,6 +947,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if is_main:  # after a successful restore: a mismatching config leaves the old one in place
       _write_atomically(os.path.join(workdir, 'config.json'),
                         config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+      if not os.path.exists(os.path.join(workdir, PARAMETERS_FILE)):  # once per run
+        _write_atomically(os.path.join(workdir, PARAMETERS_FILE), parameter_table(state.params))
     if start_step >= total_steps:
       logging.info('Already trained for %d steps (asked for %d): evaluating only.', start_step,
                    total_steps)

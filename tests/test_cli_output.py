@@ -1,0 +1,58 @@
+"""What `main.py` prints: one line per fact, no library chatter, and the files a run leaves.
+
+One tiny MCMT run of `main.py` in a subprocess (train, then enhance with its checkpoint).
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+CHATTER = ("Unable to initialize backend", 'Load dataset info', 'Downloading and preparing',
+           'Subsequent calls will reuse', 'CheckpointManagerOptions', 'Given directory is read only',
+           'orbax-checkpoint version', '+------')
+
+
+def main_py(*args):
+  env = {**os.environ, 'CRNET_JAX_CACHE_DIR': '', 'XLA_FLAGS': '', 'JAX_PLATFORMS': 'cpu'}
+  return subprocess.run([sys.executable, os.path.join(REPO, 'main.py'), *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """(workdir, train process, enhance process, output folder) of a configs/mcmt.py:test run."""
+  tmp = tmp_path_factory.mktemp('cli')
+  workdir = str(tmp / 'run')
+  train = main_py('--config=configs/mcmt.py:test', f'--workdir={workdir}',
+                  f'--config.data.data_dir={tmp / "tfds"}')
+  assert train.returncode == 0, train.stderr[-3000:]
+  (tmp / 'in').mkdir()
+  Image.fromarray(np.full((12, 15, 3), 30, np.uint8)).save(tmp / 'in' / 'a.png')
+  enhance = main_py('--mode=enhance', f'--workdir={workdir}', f'--input={tmp / "in"}',
+                    f'--output={tmp / "out"}')
+  assert enhance.returncode == 0, enhance.stderr[-3000:]
+  return workdir, train, enhance, tmp / 'out'
+
+
+def test_one_line_per_fact_and_no_library_chatter(trained):
+  workdir, train, enhance, _ = trained
+  for name, proc in (('train', train), ('enhance', enhance)):
+    text = proc.stdout + proc.stderr
+    for chatter in CHATTER:
+      assert chatter not in text, (name, chatter, text[-3000:])
+  lines = train.stderr.splitlines()
+  for fact in ('JAX process 0 of 1', 'Dataset: ', 'Model: CRNet, 5,142 parameters'):
+    assert sum(fact in line for line in lines) == 1, (fact, train.stderr[-3000:])
+  assert len(lines) < 20, train.stderr
+  with open(os.path.join(workdir, 'parameters.txt')) as f:
+    table = f.read()
+  assert table.splitlines()[-1] == 'Total: 5,142 parameters, 20,568 bytes'
+  assert 'lmrg_0' in table
+  facts = [l for l in enhance.stderr.splitlines() if 'Parameters: ' in l]
+  assert len(facts) == 1 and 'step 3, best checkpoint, student parameters' in facts[0], facts
