@@ -73,6 +73,7 @@ except ImportError:  # pragma: no cover
   jax_config = None
 
 from crnet_jax import checkpointing
+from crnet_jax import image_io
 from crnet_jax import input_pipeline
 from crnet_jax import logs
 from crnet_jax import losses
@@ -588,6 +589,7 @@ def _write_atomically(path: str, text: str) -> None:
 
 
 PARAMETERS_FILE = 'parameters.txt'
+SAMPLES_DIR = 'samples'  # samples/step_<N>.png at each evaluation
 
 
 def _count(tree: PyTree) -> int:
@@ -644,6 +646,7 @@ class _Writer:
   def __init__(self, workdir: str, enabled: bool, resume_step: int = 0):
     self.enabled = enabled
     self._tb = None
+    self._workdir = workdir
     self._jsonl = os.path.join(workdir, 'metrics.jsonl')
     if enabled:
       self.drop(resume_step + 1)
@@ -694,6 +697,16 @@ class _Writer:
           triplet = np.concatenate([ex['low'], ex[model_name], ex['high']], axis=1)
           self._tb.add_image(f'test_{model_name}/{i}_{ex["name"]}',
                              np.clip(triplet, 0.0, 1.0), step, dataformats='HWC')
+
+  def samples(self, step: int, examples: list[dict[str, np.ndarray]]) -> str | None:
+    """`samples/step_<step>.png`: a row per example, low | student | teacher | high."""
+    if not self.enabled or not examples:
+      return None
+    from crnet_jax import inference  # pylint: disable=g-import-not-at-top
+    path = os.path.join(self._workdir, SAMPLES_DIR, f'step_{step}.png')
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    image_io.save_image(path, inference.sample_grid(examples))  # atomic
+    return path
 
   def flush(self) -> None:
     if self._tb is not None:
@@ -850,6 +863,56 @@ def _resume(latest: Any, abstract_state: Any, workdir: str,
   return state, data_state, step
 
 
+def _scores(record: Mapping[str, Any]) -> str:
+  """'student PSNR 21.52 dB, SSIM 0.6580; teacher ...' of an evaluation record."""
+  return '; '.join(f'{who} PSNR {record[f"{who}_psnr"]:.2f} dB, SSIM {record[f"{who}_ssim"]:.4f}'
+                   for who in ('student', 'teacher') if f'{who}_psnr' in record)
+
+
+def run_summary(workdir: str, total_steps: int, latest_step: int | None,
+                best_step: int | None) -> list[str]:
+  """The lines that end a run: last and best scores, checkpoints, samples, the next command.
+
+  The scores are the 'test' records of `workdir/metrics.jsonl` (every evaluation of the run,
+  resumed parts included); the best is the student's highest PSNR, as for `workdir/best`.
+  """
+  evals = []
+  try:
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except ValueError:
+          continue
+        if record.get('split') == 'test' and 'student_psnr' in record:
+          evals.append(record)
+  except OSError:
+    pass
+  lines = [f'Done: {total_steps} steps in {workdir}.']
+  if evals:
+    last = max(evals, key=lambda r: r['step'])
+    top = max(evals, key=lambda r: (r['student_psnr'], -r['step']))
+    lines.append(f'Last evaluation (step {last["step"]}): {_scores(last)}.')
+    lines.append(f'Best evaluation (step {top["step"]}, by the student\'s PSNR): {_scores(top)}.')
+  checkpoints = [f'{what} {os.path.join(workdir, folder, str(step))}' for what, folder, step in
+                 (('best', checkpointing.BEST_DIR, best_step),
+                  ('latest', checkpointing.LATEST_DIR, latest_step)) if step is not None]
+  if checkpoints:
+    lines.append(f'Checkpoints: {", ".join(checkpoints)}.')
+  samples = os.path.join(workdir, SAMPLES_DIR)
+  if evals and os.path.isdir(samples):
+    columns = 'low | student | teacher | high' if 'teacher_psnr' in evals[-1] else (
+        'low | student | high')
+    lines.append(f'Samples ({columns}): {samples}/step_<N>.png; curves: '
+                 f'tensorboard --logdir={os.path.join(workdir, "tensorboard")} '
+                 '(pip install tensorboard).')
+  lines.append(f'Enhance with it: python main.py --mode=enhance --workdir={workdir} '
+               '--input=photos/ --output=enhanced/' +
+               (' (--params=teacher for the teacher)' if evals and 'teacher_psnr' in evals[-1]
+                else ''))
+  return lines
+
+
 # ------------------------------------------------------------------------------------------------
 # The experiment.
 
@@ -1000,6 +1063,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       values = {k: v for k, v in results.items() if k != 'num_images'}
       writer.scalars(step, 'test', values, epoch=step / spe, num_images=results['num_images'])
       writer.images(step, examples)
+      writer.samples(step, examples)
       writer.flush()
       if step not in best.all_steps():
         saving(step, 'best', best.directory,
@@ -1059,6 +1123,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       final_metrics = run_eval(start_step)
     saving(total_steps, 'latest', latest.directory, latest.wait_until_finished)
     saving(total_steps, 'best', best.directory, best.wait_until_finished)
+    if is_main:
+      for line in run_summary(workdir, total_steps, latest.latest_step(), best.best_step()):
+        logging.info('%s', line)
     return final_metrics
   finally:
     stop.__exit__()

@@ -30,7 +30,7 @@ def trained(tmp_path_factory):
   tmp = tmp_path_factory.mktemp('cli')
   workdir = str(tmp / 'run')
   train = main_py('--config=configs/mcmt.py:test', f'--workdir={workdir}',
-                  f'--config.data.data_dir={tmp / "tfds"}')
+                  f'--config.data.data_dir={tmp / "tfds"}', '--config.num_eval_images=2')
   assert train.returncode == 0, train.stderr[-3000:]
   (tmp / 'in').mkdir()
   Image.fromarray(np.full((12, 15, 3), 30, np.uint8)).save(tmp / 'in' / 'a.png')
@@ -49,10 +49,33 @@ def test_one_line_per_fact_and_no_library_chatter(trained):
   lines = train.stderr.splitlines()
   for fact in ('JAX process 0 of 1', 'Dataset: ', 'Model: CRNet, 5,142 parameters'):
     assert sum(fact in line for line in lines) == 1, (fact, train.stderr[-3000:])
-  assert len(lines) < 20, train.stderr
+  assert len(lines) < 25, train.stderr
   with open(os.path.join(workdir, 'parameters.txt')) as f:
     table = f.read()
   assert table.splitlines()[-1] == 'Total: 5,142 parameters, 20,568 bytes'
   assert 'lmrg_0' in table
   facts = [l for l in enhance.stderr.splitlines() if 'Parameters: ' in l]
   assert len(facts) == 1 and 'step 3, best checkpoint, student parameters' in facts[0], facts
+
+
+def test_samples_on_disk_and_the_summary(trained):
+  workdir, train, _, _ = trained
+  assert os.listdir(os.path.join(workdir, 'samples')) == ['step_3.png']
+  grid = np.asarray(Image.open(os.path.join(workdir, 'samples', 'step_3.png')).convert('RGB'))
+  cell, gap, header = 192, 4, 18  # inference.sample_grid's layout
+  assert grid.shape[1] == 4 * cell + 3 * gap  # low | student | teacher | high
+  # Column headers: text (white pixels) in each of the 4 columns' title bars.
+  bar = grid[:header]
+  for i in range(4):
+    assert (bar[:, i * (cell + gap):i * (cell + gap) + cell] > 128).any(), i
+  # Rows: separated by all-white lines of `gap` pixels, one before each row.
+  white = np.flatnonzero((grid[header:] == 255).all(axis=(1, 2)))
+  starts = [i for i in white if i - 1 not in white]
+  assert len(starts) == 2, starts
+  text = train.stderr
+  for fragment in ('Last evaluation (step 3): student PSNR ', '; teacher PSNR ',
+                   "Best evaluation (step 3, by the student's PSNR)",
+                   f'Checkpoints: best {workdir}/best/3, latest {workdir}/checkpoints/3.',
+                   f'{workdir}/samples/step_<N>.png', 'pip install tensorboard',
+                   f'python main.py --mode=enhance --workdir={workdir} --input='):
+    assert fragment in text, (fragment, text[-3000:])
