@@ -617,6 +617,68 @@ def _format_duration(seconds: float) -> str:
   return f'{h}h{m:02d}m{s:02d}s' if h else (f'{m}m{s:02d}s' if m else f'{s}s')
 
 
+def evaluation_steps(first: int, last: int, eval_every: int, total_steps: int) -> int:
+  """How many of the steps `first..last` evaluate: every `eval_every`-th (0: none) and the last."""
+  if last < first:
+    return 0
+  n = (last // eval_every - (first - 1) // eval_every) if eval_every > 0 else 0
+  if first <= total_steps <= last and not (eval_every > 0 and total_steps % eval_every == 0):
+    n += 1
+  return n
+
+
+class Progress:
+  """Steps/s of the train steps alone, and an ETA that adds the evaluations still to come.
+
+  `log(step, now)` closes the interval since the previous log. Its reported rate is its steps over
+  its time less the evaluations and checkpoint saves in it (`busy`). The ETA's rate comes from the
+  intervals that held neither an evaluation nor a save (nor the first step, which compiles); the
+  remaining evaluations are priced at their measured duration (the first one, which compiles, only
+  when it is the only one measured). So the ETA does not jump after each evaluation.
+  """
+
+  def __init__(self, start_step: int, total_steps: int, now: float,
+               evaluations_left: Callable[[int], int]):
+    self.total_steps = total_steps
+    self.evaluations_left = evaluations_left  # step -> evaluations at steps >= step
+    self._step, self._time = start_step, now
+    self._busy, self._clean = 0.0, False  # the first interval compiles: not clean
+    self._rate_steps, self._rate_time = 0, 0.0  # clean intervals
+    self._train_steps, self._train_time = 0, 0.0  # every interval but the first, less busy time
+    self._first = True
+    self.eval_seconds: list[float] = []
+
+  def busy(self, seconds: float, evaluation: bool = False) -> None:
+    """An evaluation or a checkpoint save of `seconds` happened in the current interval."""
+    self._busy += max(0.0, seconds)
+    self._clean = False
+    if evaluation:
+      self.eval_seconds.append(seconds)
+
+  def log(self, step: int, now: float) -> tuple[float, float]:
+    """(steps/s of the train steps since the last log, seconds left), and a new interval."""
+    steps = step - self._step
+    train_time = max(now - self._time - self._busy, 1e-9)
+    rate = steps / train_time
+    if self._clean:
+      self._rate_steps += steps
+      self._rate_time += now - self._time
+    if not self._first:
+      self._train_steps += steps
+      self._train_time += train_time
+    if self._rate_steps:
+      steady = self._rate_steps / max(self._rate_time, 1e-9)
+    elif self._train_steps:
+      steady = self._train_steps / max(self._train_time, 1e-9)
+    else:
+      steady = rate
+    evals = self.eval_seconds[1:] or self.eval_seconds
+    per_eval = sum(evals) / len(evals) if evals else 0.0
+    left = (self.total_steps - step) / max(steady, 1e-9) + per_eval * self.evaluations_left(step)
+    self._step, self._time, self._busy, self._clean, self._first = step, now, 0.0, True, False
+    return rate, left
+
+
 def _import_tensorboardx():
   """`import tensorboardX`, without letting it import torch (2+ s per run when installed).
 
@@ -1023,7 +1085,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     collection_cls, collection = None, None
     pending = None  # (step, metrics) of the last step, checked one step later (no stall)
     final_metrics: dict[str, Any] = {'step': start_step}
-    last_log_time, last_log_step = time.time(), start_step
+    has_eval = eval_ds is not None
+    progress = Progress(start_step, total_steps, time.time(), lambda step: evaluation_steps(
+        step, total_steps, eval_every, total_steps) if has_eval else 0)
 
     def last_checkpoint() -> str:
       try:
@@ -1090,24 +1154,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         _check_finite(step, step_metrics, last_checkpoint)
         values = jax.device_get(collection.compute())
         collection = None
-        now = time.time()
-        rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
-        last_log_time, last_log_step = now, step
+        rate, left = progress.log(step, time.time())
         logging.info('Step %d/%d (epoch %.2f): loss %.5f | %.2f steps/s, %.1f patches/s, '
                      'ETA %s', step, total_steps, step / spe, values['loss'], rate,
-                     rate * patches_per_step, _format_duration((total_steps - step) / rate))
+                     rate * patches_per_step, _format_duration(left))
         writer.scalars(step, 'train', {**values, 'steps_per_second': rate}, epoch=step / spe)
         for manager, what in ((latest, 'latest'), (best, 'best')):  # report failed saves early
           saving(step, what, manager.directory, manager.check_for_errors)
       # Evaluate before checkpointing: a checkpoint of step s implies its evaluation is logged.
       if eval_ds is not None and (step == total_steps or (eval_every and step % eval_every == 0)):
         _check_finite(step, step_metrics, last_checkpoint)
+        t = time.time()
         final_metrics = run_eval(step)
+        progress.busy(time.time() - t, evaluation=True)
       saved = step % config.checkpoint_every_steps == 0 or step == total_steps
       if saved:
         _check_finite(step, step_metrics, last_checkpoint)
+        t = time.time()
         saving(step, 'latest', latest.directory,
                lambda: checkpointing.save_latest(latest, step, state, train_iter.get_state()))
+        progress.busy(time.time() - t)
       if stop.should_stop(step) and step < total_steps:  # once per step (multi-process sync)
         if not saved:
           _check_finite(step, step_metrics, last_checkpoint)  # never save a non-finite state
