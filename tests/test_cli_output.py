@@ -3,6 +3,7 @@
 One tiny MCMT run of `main.py` in a subprocess (train, then enhance with its checkpoint).
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -79,3 +80,22 @@ def test_samples_on_disk_and_the_summary(trained):
                    f'{workdir}/samples/step_<N>.png', 'pip install tensorboard',
                    f'python main.py --mode=enhance --workdir={workdir} --input='):
     assert fragment in text, (fragment, text[-3000:])
+
+
+def test_help_lists_the_config_arguments_and_mode_config_prints_the_config(tmp_path):
+  import re  # pylint: disable=g-import-not-at-top
+  from configs import crnet, lol, mcmt, study  # pylint: disable=g-import-not-at-top
+  text = main_py('--help').stdout
+  configs = text[text.index('Configs:'):]
+  for name in (*crnet.ROWS, *crnet.SIZES, *mcmt.ROWS, *lol.ARMS, *lol.SIZES, *study.RUNS,
+               *study.SIZES):
+    assert re.search(rf'(?<![\w+-]){re.escape(name)}(?![\w+-])', configs), (name, configs)
+  assert '--mode=config' in configs
+  workdir = tmp_path / 'run'
+  result = main_py('--mode=config', '--config=configs/mcmt.py:test',
+                   '--config.data.batch_size=8', f'--workdir={workdir}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  config = json.loads(result.stdout)
+  assert config['method'] == 'mcmt' and config['data']['batch_size'] == 8
+  assert config['model']['features'] == 4  # the `test` size
+  assert not workdir.exists()
