@@ -25,8 +25,11 @@
   the student's, so the best checkpoint is chosen by the student for both methods (the teacher's
   parameters are saved with it). A rerun with the same workdir resumes by itself.
 - Logs: TensorBoard (`workdir/tensorboard`: scalars and low | enhanced | high images),
-  `workdir/metrics.jsonl` (one JSON object per log/eval event), `workdir/config.json`; written by
-  process 0 only. Every process saves its shards of the checkpoints (orbax).
+  `workdir/metrics.jsonl` (one JSON object per log/eval event), `workdir/config.json`,
+  `workdir/parameters.txt` (the parameter table), `workdir/samples/step_<N>.png` (low | student |
+  teacher | high of the first `num_eval_images` test images at each evaluation); written by
+  process 0 only. The run ends with a summary (`run_summary`). The ETA counts the train steps and
+  the evaluations apart (`Progress`). Every process saves its shards of the checkpoints (orbax).
 - Robustness (README.md, "Many hosts, kills, bad inputs"): the config is validated
   (`ConfigError`) and the workdir checked for writing and free space before any data is built;
   a failed save raises `CheckpointSaveError` (an OSError naming the folder); a run killed

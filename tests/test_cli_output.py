@@ -99,3 +99,28 @@ def test_help_lists_the_config_arguments_and_mode_config_prints_the_config(tmp_p
   assert config['method'] == 'mcmt' and config['data']['batch_size'] == 8
   assert config['model']['features'] == 4  # the `test` size
   assert not workdir.exists()
+
+
+def test_library_filter_keeps_ours_and_warnings():
+  import logging  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  from crnet_jax import logs  # pylint: disable=g-import-not-at-top
+
+  def record(path, level, msg='note'):
+    return logging.LogRecord('x', level, path, 1, msg, None, None)
+
+  library = os.path.join(os.sep, 'venv', 'site-packages', 'orbax', 'checkpoint_manager.py')
+  keep = logs.LibraryFilter().filter
+  assert keep(record(os.path.join(REPO, 'crnet_jax', 'train.py'), logging.INFO))
+  assert not keep(record(library, logging.INFO))
+  assert keep(record(library, logging.WARNING, 'disk almost full'))
+  assert not keep(record(library, logging.WARNING, 'Given directory is read only=/run/best'))
+  assert keep(record(library, logging.ERROR))
+  logger = absl_logging.get_absl_logger()
+  try:
+    logs.quiet_libraries(0)
+    assert logs._FILTER in logger.filters  # pylint: disable=protected-access
+    logs.quiet_libraries(1)
+    assert logs._FILTER not in logger.filters  # pylint: disable=protected-access
+  finally:
+    logs.quiet_libraries(0)
