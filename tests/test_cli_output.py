@@ -1,6 +1,6 @@
 """What `main.py` prints: one line per fact, no library chatter, and the files a run leaves.
 
-One tiny MCMT run of `main.py` in a subprocess (train, then enhance with its checkpoint).
+One tiny MCMT run of `main.py` in a subprocess (test_main.py checks what enhance prints).
 """
 
 import json
@@ -27,26 +27,20 @@ def main_py(*args):
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
-  """(workdir, train process, enhance process, output folder) of a configs/mcmt.py:test run."""
+  """(workdir, train process) of a configs/mcmt.py:test run (enhancing with it: test_main.py)."""
   tmp = tmp_path_factory.mktemp('cli')
   workdir = str(tmp / 'run')
   train = main_py('--config=configs/mcmt.py:test', f'--workdir={workdir}',
                   f'--config.data.data_dir={tmp / "tfds"}', '--config.num_eval_images=2')
   assert train.returncode == 0, train.stderr[-3000:]
-  (tmp / 'in').mkdir()
-  Image.fromarray(np.full((12, 15, 3), 30, np.uint8)).save(tmp / 'in' / 'a.png')
-  enhance = main_py('--mode=enhance', f'--workdir={workdir}', f'--input={tmp / "in"}',
-                    f'--output={tmp / "out"}')
-  assert enhance.returncode == 0, enhance.stderr[-3000:]
-  return workdir, train, enhance, tmp / 'out'
+  return workdir, train
 
 
 def test_one_line_per_fact_and_no_library_chatter(trained):
-  workdir, train, enhance, _ = trained
-  for name, proc in (('train', train), ('enhance', enhance)):
-    text = proc.stdout + proc.stderr
-    for chatter in CHATTER:
-      assert chatter not in text, (name, chatter, text[-3000:])
+  workdir, train = trained
+  text = train.stdout + train.stderr
+  for chatter in CHATTER:
+    assert chatter not in text, (chatter, text[-3000:])
   lines = train.stderr.splitlines()
   for fact in ('JAX process 0 of 1', 'Dataset: ', 'Model: CRNet, 5,142 parameters'):
     assert sum(fact in line for line in lines) == 1, (fact, train.stderr[-3000:])
@@ -55,12 +49,10 @@ def test_one_line_per_fact_and_no_library_chatter(trained):
     table = f.read()
   assert table.splitlines()[-1] == 'Total: 5,142 parameters, 20,568 bytes'
   assert 'lmrg_0' in table
-  facts = [l for l in enhance.stderr.splitlines() if 'Parameters: ' in l]
-  assert len(facts) == 1 and 'step 3, best checkpoint, student parameters' in facts[0], facts
 
 
 def test_samples_on_disk_and_the_summary(trained):
-  workdir, train, _, _ = trained
+  workdir, train = trained
   assert os.listdir(os.path.join(workdir, 'samples')) == ['step_3.png']
   grid = np.asarray(Image.open(os.path.join(workdir, 'samples', 'step_3.png')).convert('RGB'))
   cell, gap, header = 192, 4, 18  # inference.sample_grid's layout
