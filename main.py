@@ -4,6 +4,21 @@ r"""Entry point: train, enhance, evaluate and export CRNet.
   python main.py --mode=enhance --workdir=RUN --input=photos/ --output=out/  # PNGs, same names
   python main.py --mode=evaluate --workdir=RUN --low_dir=L --high_dir=H --output=eval/
   python main.py --mode=export --workdir=RUN --output=exported/
+  python main.py --mode=config --config=configs/mcmt.py:demo   # print the resolved config, exit
+
+Configs: `--config=FILE[:ARG]`, ARG comma-separated (at most one row, arm or run, and one size).
+Each file's docstring has the commands and the expected results.
+  configs/crnet.py  supervised CRNet, 100% labels. Table 2 rows: rn, mrn, mrn+, crnet-, crnet
+                    (default), crnet10 (10% labels). Sizes: demo (CPU, about 2 min), test (tiny).
+  configs/mcmt.py   MCMT, 10% labels. Table 2 rows: ours- (gamma 0), ours (default).
+                    Sizes: demo, test.
+  configs/lol.py    LOL v1 (--config.data.lol_dir=DIR), one arm (required): few, full, mcmt,
+                    mcmt-, mcmt_real. Sizes: none (GPU, the paper's schedule), cpu, test.
+  configs/study.py  the label-efficiency study, one run (required): crnet100, crnet10, mcmt10-,
+                    mcmt10, mcmt10_real, rn, mrn, mrn+, crnet-. Sizes: none (GPU), half, small,
+                    cpu.
+Any field can be overridden (`--config.data.batch_size=8`); `--mode=config` prints the resolved
+config (after the overrides, as JSON: the config.json a run would write) and touches nothing.
 
 For enhance, evaluate and export, `--workdir` is a training run (its best checkpoint, or
 `--checkpoint=latest`; `--params=teacher` for the mean teacher of an MCMT run), a directory
@@ -39,14 +54,16 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 
 config_flags.DEFINE_config_file(
-    'config', None, 'Path to an ml-collections config file (configs/crnet.py, configs/mcmt.py), '
-    'optionally with an argument: configs/crnet.py:demo.', lock_config=True)
+    'config', None, 'Path to an ml-collections config file (configs/crnet.py, configs/mcmt.py, '
+    'configs/lol.py, configs/study.py), optionally with an argument: configs/crnet.py:demo,mrn '
+    '(the list is at the top of --help). --mode=config prints the result.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'train: directory for checkpoints, logs and metrics. '
                     'enhance/evaluate/export: a run, an export or a release (default: the '
                     'model shipped in models/, if any).')
-flags.DEFINE_enum('mode', 'train', ['train', 'enhance', 'evaluate', 'export'],
+flags.DEFINE_enum('mode', 'train', ['train', 'enhance', 'evaluate', 'export', 'config'],
                   'train (and evaluate) a model; enhance images with it; evaluate it on a paired '
-                  'folder; export it (inference checkpoint and jax.export serialization).')
+                  'folder; export it (inference checkpoint and jax.export serialization); '
+                  'config: print the resolved config (JSON) and exit.')
 flags.DEFINE_string('input', None, 'enhance: an image file or a folder of images.')
 flags.DEFINE_string('output', None, 'enhance/evaluate/export: the output folder.')
 flags.DEFINE_enum('params', 'student', ['student', 'teacher'],
@@ -177,7 +194,18 @@ def _export(config, workdir: str):
   return path
 
 
-MODES = {'train': _train, 'enhance': _enhance, 'evaluate': _evaluate, 'export': _export}
+def _print_config(config, workdir: str):
+  """Prints the resolved config as JSON on stdout; touches no file (`workdir` is ignored)."""
+  del workdir
+  if config is None:
+    raise app.UsageError('--mode=config needs --config (e.g. --config=configs/mcmt.py:demo)')
+  text = config.to_json_best_effort(indent=2, sort_keys=True)
+  print(text, flush=True)
+  return text
+
+
+MODES = {'train': _train, 'enhance': _enhance, 'evaluate': _evaluate, 'export': _export,
+         'config': _print_config}
 
 
 def run(mode: str, config, workdir: str):
@@ -206,7 +234,12 @@ def fail(message: str) -> None:
 def main(argv):
   if len(argv) > 1:
     fail(f'too many command-line arguments: {argv[1:]}')
+  from crnet_jax import logs  # pylint: disable=g-import-not-at-top
+  logs.quiet_libraries(FLAGS.verbosity)  # library chatter only with --verbosity=1
   try:
+    if FLAGS.mode == 'config':  # no device, no cache, no workdir
+      run(FLAGS.mode, FLAGS.config, FLAGS.workdir)
+      return
     initialize_distributed()
     enable_compilation_cache(FLAGS.jax_cache_dir)
     logging.info('JAX process %d of %d; %d local devices of %d: %s', jax.process_index(),

@@ -40,7 +40,7 @@ import dataclasses
 import functools
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from absl import logging
@@ -571,6 +571,36 @@ def contact_sheet(figures: Sequence[np.ndarray], width: int = 900, columns: int 
     padded += [np.full((height, cell, 3), 255, np.uint8)] * (columns - len(group))
     rows.append(np.concatenate(padded, axis=1))
   return np.concatenate(rows, axis=0)
+
+
+SAMPLE_COLUMNS = ('low', 'student', 'teacher', 'high')
+HEADER_HEIGHT = 18  # `_label`'s title bar
+
+
+def sample_grid(examples: Sequence[Mapping[str, np.ndarray]], cell: int = 192,
+                gap: int = 4) -> np.ndarray:
+  """One uint8 figure: a row per example, columns low | student | teacher | high.
+
+  The teacher's column is there when the examples have one (MCMT). Every image is scaled to
+  `cell` pixels of width (its aspect kept); the columns are separated, and the rows too, by `gap`
+  white pixels, and a header bar names the columns (`_label`).
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if not examples:
+    raise ValueError('sample_grid needs at least one example')
+  columns = [c for c in SAMPLE_COLUMNS if c in examples[0]]
+  vsep = np.full((HEADER_HEIGHT, gap, 3), 255, np.uint8)
+  header = [_label(np.zeros((0, cell, 3), np.uint8), name) for name in columns]
+  parts = [np.concatenate(sum(([h, vsep] for h in header), [])[:-1], axis=1)]
+  for ex in examples:
+    h, w = ex['low'].shape[:2]
+    size = (cell, max(1, round(h * cell / w)))
+    cells = [np.asarray(Image.fromarray(image_io.to_uint8(ex[c])).resize(size, Image.BILINEAR))
+             for c in columns]
+    sep = np.full((size[1], gap, 3), 255, np.uint8)
+    row = np.concatenate(sum(([c, sep] for c in cells), [])[:-1], axis=1)
+    parts += [np.full((gap, row.shape[1], 3), 255, np.uint8), row]
+  return np.concatenate(parts, axis=0)
 
 
 def evaluate_pairs(enhancer: Enhancer, low_dir: str, high_dir: str, output_dir: str, *,

@@ -26,8 +26,11 @@
   the student's, so the best checkpoint is chosen by the student for both methods (the teacher's
   parameters are saved with it). A rerun with the same workdir resumes by itself.
 - Logs: TensorBoard (`workdir/tensorboard`: scalars and low | enhanced | high images),
-  `workdir/metrics.jsonl` (one JSON object per log/eval event), `workdir/config.json`; written by
-  process 0 only. Every process saves its shards of the checkpoints (orbax).
+  `workdir/metrics.jsonl` (one JSON object per log/eval event), `workdir/config.json`,
+  `workdir/parameters.txt` (the parameter table), `workdir/samples/step_<N>.png` (low | student |
+  teacher | high of the first `num_eval_images` test images at each evaluation); written by
+  process 0 only. The run ends with a summary (`run_summary`). The ETA counts the train steps and
+  the evaluations apart (`Progress`). Every process saves its shards of the checkpoints (orbax).
 - Robustness (README.md, "Many hosts, kills, bad inputs"): the config is validated
   (`ConfigError`) and the workdir checked for writing and free space before any data is built;
   a failed save raises `CheckpointSaveError` (an OSError naming the folder); a run killed
@@ -48,7 +51,6 @@ import dataclasses
 import errno
 import functools
 import json
-import logging as std_logging
 import math
 import os
 import signal
@@ -75,7 +77,9 @@ except ImportError:  # pragma: no cover
   jax_config = None
 
 from crnet_jax import checkpointing
+from crnet_jax import image_io
 from crnet_jax import input_pipeline
+from crnet_jax import logs
 from crnet_jax import losses
 from crnet_jax import models
 
@@ -598,6 +602,23 @@ def _write_atomically(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
+PARAMETERS_FILE = 'parameters.txt'
+SAMPLES_DIR = 'samples'  # samples/step_<N>.png at each evaluation
+
+
+def _count(tree: PyTree) -> int:
+  """The number of scalars in the arrays of `tree`."""
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def parameter_table(params: PyTree) -> str:
+  """One row per parameter array (name, shape, dtype, size, mean, std), then the integer totals."""
+  table = parameter_overview.get_parameter_overview(jax.device_get(params))
+  rows = [line for line in table.splitlines() if not line.startswith('Total:')]
+  return '\n'.join(rows) + (f'\nTotal: {_count(params):,} parameters, {_nbytes(params):,} '
+                            'bytes\n')
+
+
 def _nbytes(tree: PyTree) -> int:
   """Bytes of the (global) arrays of `tree`: the size of one checkpoint of it."""
   return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
@@ -608,6 +629,68 @@ def _format_duration(seconds: float) -> str:
   h, rem = divmod(seconds, 3600)
   m, s = divmod(rem, 60)
   return f'{h}h{m:02d}m{s:02d}s' if h else (f'{m}m{s:02d}s' if m else f'{s}s')
+
+
+def evaluation_steps(first: int, last: int, eval_every: int, total_steps: int) -> int:
+  """How many of the steps `first..last` evaluate: every `eval_every`-th (0: none) and the last."""
+  if last < first:
+    return 0
+  n = (last // eval_every - (first - 1) // eval_every) if eval_every > 0 else 0
+  if first <= total_steps <= last and not (eval_every > 0 and total_steps % eval_every == 0):
+    n += 1
+  return n
+
+
+class Progress:
+  """Steps/s of the train steps alone, and an ETA that adds the evaluations still to come.
+
+  `log(step, now)` closes the interval since the previous log. Its reported rate is its steps over
+  its time less the evaluations and checkpoint saves in it (`busy`). The ETA's rate comes from the
+  intervals that held neither an evaluation nor a save (nor the first step, which compiles); the
+  remaining evaluations are priced at their measured duration (the first one, which compiles, only
+  when it is the only one measured). So the ETA does not jump after each evaluation.
+  """
+
+  def __init__(self, start_step: int, total_steps: int, now: float,
+               evaluations_left: Callable[[int], int]):
+    self.total_steps = total_steps
+    self.evaluations_left = evaluations_left  # step -> evaluations at steps >= step
+    self._step, self._time = start_step, now
+    self._busy, self._clean = 0.0, False  # the first interval compiles: not clean
+    self._rate_steps, self._rate_time = 0, 0.0  # clean intervals
+    self._train_steps, self._train_time = 0, 0.0  # every interval but the first, less busy time
+    self._first = True
+    self.eval_seconds: list[float] = []
+
+  def busy(self, seconds: float, evaluation: bool = False) -> None:
+    """An evaluation or a checkpoint save of `seconds` happened in the current interval."""
+    self._busy += max(0.0, seconds)
+    self._clean = False
+    if evaluation:
+      self.eval_seconds.append(seconds)
+
+  def log(self, step: int, now: float) -> tuple[float, float]:
+    """(steps/s of the train steps since the last log, seconds left), and a new interval."""
+    steps = step - self._step
+    train_time = max(now - self._time - self._busy, 1e-9)
+    rate = steps / train_time
+    if self._clean:
+      self._rate_steps += steps
+      self._rate_time += now - self._time
+    if not self._first:
+      self._train_steps += steps
+      self._train_time += train_time
+    if self._rate_steps:
+      steady = self._rate_steps / max(self._rate_time, 1e-9)
+    elif self._train_steps:
+      steady = self._train_steps / max(self._train_time, 1e-9)
+    else:
+      steady = rate
+    evals = self.eval_seconds[1:] or self.eval_seconds
+    per_eval = sum(evals) / len(evals) if evals else 0.0
+    left = (self.total_steps - step) / max(steady, 1e-9) + per_eval * self.evaluations_left(step)
+    self._step, self._time, self._busy, self._clean, self._first = step, now, 0.0, True, False
+    return rate, left
 
 
 def _import_tensorboardx():
@@ -639,6 +722,7 @@ class _Writer:
   def __init__(self, workdir: str, enabled: bool, resume_step: int = 0):
     self.enabled = enabled
     self._tb = None
+    self._workdir = workdir
     self._jsonl = os.path.join(workdir, 'metrics.jsonl')
     if enabled:
       self.drop(resume_step + 1)
@@ -690,6 +774,16 @@ class _Writer:
           self._tb.add_image(f'test_{model_name}/{i}_{ex["name"]}',
                              np.clip(triplet, 0.0, 1.0), step, dataformats='HWC')
 
+  def samples(self, step: int, examples: list[dict[str, np.ndarray]]) -> str | None:
+    """`samples/step_<step>.png`: a row per example, low | student | teacher | high."""
+    if not self.enabled or not examples:
+      return None
+    from crnet_jax import inference  # pylint: disable=g-import-not-at-top
+    path = os.path.join(self._workdir, SAMPLES_DIR, f'step_{step}.png')
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    image_io.save_image(path, inference.sample_grid(examples))  # atomic
+    return path
+
   def flush(self) -> None:
     if self._tb is not None:
       self._tb.flush()
@@ -697,24 +791,6 @@ class _Writer:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
-
-
-class _QuietOrbax:
-  """absl log filter: keeps only orbax's warnings and errors (its INFO lines flood the log)."""
-
-  def filter(self, record) -> bool:
-    return record.levelno >= std_logging.WARNING or (
-        f'{os.sep}orbax{os.sep}' not in str(getattr(record, 'pathname', '')))
-
-
-_QUIET_ORBAX = _QuietOrbax()
-
-
-def quiet_orbax_logs() -> None:
-  """Installs the `_QuietOrbax` filter once on absl's logger."""
-  logger = logging.get_absl_logger()
-  if _QUIET_ORBAX not in logger.filters:
-    logger.addFilter(_QUIET_ORBAX)
 
 
 def _metric_collection(names: Iterable[str]) -> type[clu_metrics.Collection]:
@@ -863,6 +939,56 @@ def _resume(latest: Any, abstract_state: Any, workdir: str,
   return state, data_state, step
 
 
+def _scores(record: Mapping[str, Any]) -> str:
+  """'student PSNR 21.52 dB, SSIM 0.6580; teacher ...' of an evaluation record."""
+  return '; '.join(f'{who} PSNR {record[f"{who}_psnr"]:.2f} dB, SSIM {record[f"{who}_ssim"]:.4f}'
+                   for who in ('student', 'teacher') if f'{who}_psnr' in record)
+
+
+def run_summary(workdir: str, total_steps: int, latest_step: int | None,
+                best_step: int | None) -> list[str]:
+  """The lines that end a run: last and best scores, checkpoints, samples, the next command.
+
+  The scores are the 'test' records of `workdir/metrics.jsonl` (every evaluation of the run,
+  resumed parts included); the best is the student's highest PSNR, as for `workdir/best`.
+  """
+  evals = []
+  try:
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except ValueError:
+          continue
+        if record.get('split') == 'test' and 'student_psnr' in record:
+          evals.append(record)
+  except OSError:
+    pass
+  lines = [f'Done: {total_steps} steps in {workdir}.']
+  if evals:
+    last = max(evals, key=lambda r: r['step'])
+    top = max(evals, key=lambda r: (r['student_psnr'], -r['step']))
+    lines.append(f'Last evaluation (step {last["step"]}): {_scores(last)}.')
+    lines.append(f'Best evaluation (step {top["step"]}, by the student\'s PSNR): {_scores(top)}.')
+  checkpoints = [f'{what} {os.path.join(workdir, folder, str(step))}' for what, folder, step in
+                 (('best', checkpointing.BEST_DIR, best_step),
+                  ('latest', checkpointing.LATEST_DIR, latest_step)) if step is not None]
+  if checkpoints:
+    lines.append(f'Checkpoints: {", ".join(checkpoints)}.')
+  samples = os.path.join(workdir, SAMPLES_DIR)
+  if evals and os.path.isdir(samples):
+    columns = 'low | student | teacher | high' if 'teacher_psnr' in evals[-1] else (
+        'low | student | high')
+    lines.append(f'Samples ({columns}): {samples}/step_<N>.png; curves: '
+                 f'tensorboard --logdir={os.path.join(workdir, "tensorboard")} '
+                 '(pip install tensorboard).')
+  lines.append(f'Enhance with it: python main.py --mode=enhance --workdir={workdir} '
+               '--input=photos/ --output=enhanced/' +
+               (' (--params=teacher for the teacher)' if evals and 'teacher_psnr' in evals[-1]
+                else ''))
+  return lines
+
+
 # ------------------------------------------------------------------------------------------------
 # The experiment.
 
@@ -897,7 +1023,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     TrainingStopped: SIGTERM or SIGINT arrived; the checkpoint of the step it stopped at is saved.
   """
   validate_config(config)
-  quiet_orbax_logs()
+  logs.quiet_libraries()  # main.py has done it already; for Python callers
   workdir = os.path.abspath(workdir)
   checkpointing.check_writable(workdir)  # before building any data: fail in seconds
   is_main = jax.process_index() == 0
@@ -931,9 +1057,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     fns = compiled_functions(model, hp, mesh)
     t0 = time.time()
     state = fns.init(jax.random.PRNGKey(config.seed))
-    logging.info('Initialised the state in %.1f s. Parameters (student; the teacher is a copy):'
-                 '\n%s', time.time() - t0,
-                 parameter_overview.get_parameter_overview(jax.device_get(state.params)))
+    logging.info('Model: CRNet, %s parameters%s; initialised in %.1f s (table: %s).',
+                 f'{_count(state.params):,}', ' (student; the teacher is a copy)' if mcmt else '',
+                 time.time() - t0, os.path.join(workdir, PARAMETERS_FILE))
     checkpointing.check_free_space(workdir, _nbytes(state))
     # One writer: a second run stops here, having changed nothing in the workdir (a run refused
     # for bad data or config above leaves even the lock file as it was).
@@ -960,6 +1086,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if is_main:  # after a successful restore: a mismatching config leaves the old one in place
       _write_atomically(os.path.join(workdir, 'config.json'),
                         config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+      if not os.path.exists(os.path.join(workdir, PARAMETERS_FILE)):  # once per run
+        _write_atomically(os.path.join(workdir, PARAMETERS_FILE), parameter_table(state.params))
     if start_step >= total_steps:
       logging.info('Already trained for %d steps (asked for %d): evaluating only.', start_step,
                    total_steps)
@@ -971,7 +1099,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     collection_cls, collection = None, None
     pending = None  # (step, metrics) of the last step, checked one step later (no stall)
     final_metrics: dict[str, Any] = {'step': start_step}
-    last_log_time, last_log_step = time.time(), start_step
+    has_eval = eval_ds is not None
+    progress = Progress(start_step, total_steps, time.time(), lambda step: evaluation_steps(
+        step, total_steps, eval_every, total_steps) if has_eval else 0)
 
     def last_checkpoint() -> str:
       try:
@@ -1011,6 +1141,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       values = {k: v for k, v in results.items() if k != 'num_images'}
       writer.scalars(step, 'test', values, epoch=step / spe, num_images=results['num_images'])
       writer.images(step, examples)
+      writer.samples(step, examples)
       writer.flush()
       if step not in best.all_steps():
         saving(step, 'best', best.directory,
@@ -1037,24 +1168,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         _check_finite(step, step_metrics, last_checkpoint)
         values = jax.device_get(collection.compute())
         collection = None
-        now = time.time()
-        rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
-        last_log_time, last_log_step = now, step
+        rate, left = progress.log(step, time.time())
         logging.info('Step %d/%d (epoch %.2f): loss %.5f | %.2f steps/s, %.1f patches/s, '
                      'ETA %s', step, total_steps, step / spe, values['loss'], rate,
-                     rate * patches_per_step, _format_duration((total_steps - step) / rate))
+                     rate * patches_per_step, _format_duration(left))
         writer.scalars(step, 'train', {**values, 'steps_per_second': rate}, epoch=step / spe)
         for manager, what in ((latest, 'latest'), (best, 'best')):  # report failed saves early
           saving(step, what, manager.directory, manager.check_for_errors)
       # Evaluate before checkpointing: a checkpoint of step s implies its evaluation is logged.
       if eval_ds is not None and (step == total_steps or (eval_every and step % eval_every == 0)):
         _check_finite(step, step_metrics, last_checkpoint)
+        t = time.time()
         final_metrics = run_eval(step)
+        progress.busy(time.time() - t, evaluation=True)
       saved = step % config.checkpoint_every_steps == 0 or step == total_steps
       if saved:
         _check_finite(step, step_metrics, last_checkpoint)
+        t = time.time()
         saving(step, 'latest', latest.directory,
                lambda: checkpointing.save_latest(latest, step, state, train_iter.get_state()))
+        progress.busy(time.time() - t)
       if stop.should_stop(step) and step < total_steps:  # once per step (multi-process sync)
         if not saved:
           _check_finite(step, step_metrics, last_checkpoint)  # never save a non-finite state
@@ -1070,6 +1203,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       final_metrics = run_eval(start_step)
     saving(total_steps, 'latest', latest.directory, latest.wait_until_finished)
     saving(total_steps, 'best', best.directory, best.wait_until_finished)
+    if is_main:
+      for line in run_summary(workdir, total_steps, latest.latest_step(), best.best_step()):
+        logging.info('%s', line)
     return final_metrics
   finally:
     stop.__exit__()

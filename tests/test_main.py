@@ -67,6 +67,12 @@ def test_enhance_mode_writes_pngs_and_reports_bad_files(run_dir, tmp_path):
                    f'--output={tmp_path / "out"}')
   assert os.listdir(tmp_path / 'out') == ['dark.png']
   assert 'broken.png' in result.stderr
+  # One line says which parameters; no library chatter (tests/test_cli_output.py, training).
+  for chatter in ('Unable to initialize backend', 'CheckpointManagerOptions',
+                  'Given directory is read only', 'orbax-checkpoint version', 'Restoring checkpoint'):
+    assert chatter not in result.stderr, (chatter, result.stderr[-3000:])
+  facts = [line for line in result.stderr.splitlines() if 'Parameters: ' in line]
+  assert len(facts) == 1 and 'best checkpoint, student parameters' in facts[0], facts
   missing = main_py('--mode=enhance', f'--workdir={tmp_path / "no_run"}', f'--input={inputs}',
                     f'--output={tmp_path / "out2"}', check=False)
   assert missing.returncode != 0

@@ -388,3 +388,25 @@ def test_config_arguments():
       crnet.get_config(bad)
   with pytest.raises(ValueError, match='unknown token'):
     mcmt.get_config('crnet')
+
+
+def test_eta_counts_evaluations_apart_and_does_not_jump():
+  # 100 steps of 0.1 s, a log every 10, an evaluation of 30 s every 20 steps (the first one
+  # compiles: 40 s), a save of 2 s every 50; the first interval compiles for 20 s.
+  progress = train.Progress(0, 100, 0.0, lambda step: train.evaluation_steps(step, 100, 20, 100))
+  t, finishes, rates = 0.0, {}, []
+  for step in range(10, 101, 10):
+    t += 1.0 + (20.0 if step == 10 else 0.0)
+    rate, left = progress.log(step, t)
+    rates.append(rate)
+    finishes[step] = t + left
+    for busy, evaluation, every in ((40.0 if step == 20 else 30.0, True, 20), (2.0, False, 50)):
+      if step % every == 0:
+        progress.busy(busy, evaluation=evaluation)
+        t += busy
+  assert all(abs(r - 10.0) < 1e-6 for r in rates[1:]), rates  # train steps only
+  for step in range(50, 101, 10):  # once a second evaluation is measured: the true end, +- 5%
+    assert abs(finishes[step] - t) < 0.05 * t, (step, finishes, t)
+  assert train.evaluation_steps(95, 100, 30, 100) == 1
+  assert train.evaluation_steps(1, 100, 0, 100) == 1
+  assert train.evaluation_steps(21, 100, 20, 100) == 4

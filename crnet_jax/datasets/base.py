@@ -46,18 +46,6 @@ from crnet_jax.image_io import MissingDataError
 DEFAULT_DATA_DIR = os.path.join('~', '.cache', 'crnet_jax', 'tfds')
 
 
-class _QuietTfds:
-  """absl log filter: drops TFDS's routine notes about custom configs and OpenCV."""
-
-  _PREFIXES = ('Using custom data configuration', 'OpenCV is not installed',
-               'Variant folder ')
-
-  def filter(self, record) -> bool:
-    msg = str(record.msg)
-    return not any(msg.startswith(p) for p in self._PREFIXES)
-
-
-logging.get_absl_logger().addFilter(_QuietTfds())
 _MAX_LISTED = 20  # problems listed in one error message
 
 
@@ -264,6 +252,14 @@ class ImageRecordsBuilder(tfds.core.GeneratorBasedBuilder):
         disable_shuffling=True,
         metadata=tfds.core.MetadataDict(),
     )
+
+  # TFDS prints "Downloading and preparing dataset Unknown size ..." and "... downloaded and
+  # prepared" on stdout; nothing is downloaded here and `prepare` logs its own line instead.
+  def _log_download_bytes(self) -> None:
+    logging.debug('Preparing %s in %s', self.name, self.data_dir)
+
+  def _log_download_done(self) -> None:
+    logging.debug('Prepared %s in %s', self.name, self.data_dir)
 
   @abc.abstractmethod
   def _split_items(self, dl_manager: tfds.download.DownloadManager) -> dict[str, list[Item]]:
