@@ -173,16 +173,26 @@ def test_bfloat16_compute_is_close_to_float32():
   config = tiny_model_config()
   x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3)) * 0.3
   f32 = models.create_model(config)
-  variables = init(f32, 0)
-  variables = {'params': with_nonzero_gamma(variables['params'], 0.5)}
+  # At init the network moves the image by 2.7e-3 at most, too little to tell a bf16 path from
+  # one that returns its input. With every kernel scaled by 3 (and gamma 0.5) it moves it by up to
+  # 0.29 (mean 0.090), like a trained network brightening a dark image.
+  flat = flax.traverse_util.flatten_dict(with_nonzero_gamma(init(f32, 0)['params'], 0.5), sep='/')
+  flat = {k: v * 3 if k.endswith('kernel') else v for k, v in flat.items()}
+  variables = {'params': flax.traverse_util.unflatten_dict(flat, sep='/')}
   bf16 = models.create_model(tiny_model_config(dtype='bfloat16'))
   out32, _ = jax.jit(f32.apply)(variables, x)
   out16, inter16 = jax.jit(bf16.apply)(variables, x)
   assert out16.dtype == jnp.float32 and all(s.dtype == jnp.float32 for s in inter16)
   bf16_params = jax.eval_shape(bf16.init, jax.random.key(0), x)['params']
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(bf16_params))
-  assert float(jnp.max(jnp.abs(out32 - out16))) < 2e-2
-  assert float(jnp.max(jnp.abs(out32 - x))) > 1e-3  # the network does change the image
+  change = float(jnp.max(jnp.abs(out32 - x)))
+  assert change > 0.1  # measured 0.289
+  # bf16's error relative to the change the network makes: measured 0.0109 (max) and 0.0077
+  # (mean) here, 0.0102-0.0155 over init seeds 0-2 and kernel scales 1-3 (bf16 keeps 8 bits of
+  # mantissa: 2^-8 = 0.0039 per rounding). A bf16 path returning its input gives 1; one that
+  # computes in float32 anyway gives 0.
+  relative = float(jnp.max(jnp.abs(out16 - out32))) / change
+  assert 2e-3 < relative < 0.03, relative
 
 
 @pytest.mark.parametrize('key,value', [('memory', 'lstm'), ('activation', 'tanhh'),
