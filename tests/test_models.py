@@ -50,7 +50,7 @@ def sigmoid(x):
 
 
 @pytest.mark.parametrize('overrides', [
-    {},  # the paper's network: 1,240,732 parameters
+    {},  # the defaults (the paper's architecture): 1,240,732 parameters
     {'masked_conv': False, 'layer_attention': False},  # RN
     {'layer_attention': False},  # MRN
     {'memory': 'convgru'},
@@ -69,9 +69,42 @@ def test_structure_and_parameter_count(overrides):
   assert all(s.shape == x.shape for s in intermediates)
 
 
-def test_default_parameter_count_is_the_papers():
-  # The paper's network has about 1.2 M parameters; the formula gives the exact figure.
-  assert models.num_params(default.get_model_config()) == 1_240_732
+def test_parameter_count_formula_matches_the_param_tree_and_a_hand_count():
+  # The paper gives no parameter count: `models.num_params` is checked against the parameters
+  # flax creates and, for a tiny network, against shapes written out by hand from docs/model.md.
+  config = default.get_model_config()  # the paper's architecture with our defaults
+  model = models.create_model(config)
+  x = jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
+  assert count(jax.eval_shape(model.init, jax.random.key(0), x)['params']) == 1_240_732
+  assert models.num_params(config) == 1_240_732
+
+  # C = 4 features, B = 2 blocks, N = 2 groups, ConvLSTM memory, masked convs, layer attention.
+  # Each MC is a feature conv and a mask conv with the same shapes (HWIO kernel + bias).
+  c = 4
+  lmrg = {
+      'head/feature_kernel': (3, 3, 6, c), 'head/feature_bias': (c,),  # concat(x, y): 6 in
+      'head/mask_kernel': (3, 3, 6, c), 'head/mask_bias': (c,),
+      'memory/gates/kernel': (3, 3, 2 * c, 4 * c), 'memory/gates/bias': (4 * c,),  # i, f, g, o
+      'layer_attention/gamma': (),
+      'layer_attention/fuse/kernel': (3, 3, 2 * c, c), 'layer_attention/fuse/bias': (c,),
+      'tail/feature_kernel': (3, 3, c, 3), 'tail/feature_bias': (3,),
+      'tail/mask_kernel': (3, 3, c, 3), 'tail/mask_bias': (3,),
+  }
+  for block in ('block_0', 'block_1'):
+    for mc in ('mc1', 'mc2'):
+      for part in ('feature', 'mask'):
+        lmrg[f'{block}/{mc}/{part}_kernel'] = (3, 3, c, c)
+        lmrg[f'{block}/{mc}/{part}_bias'] = (c,)
+  expected = {f'lmrg_{n}/{k}': shape for n in range(2) for k, shape in lmrg.items()}
+  # By hand, per group: head 2 * (216 + 4) = 440, ConvLSTM 1152 + 16 = 1168, blocks 2 x 2 MCs x
+  # 2 * (144 + 4) = 1184, attention 1 + 288 + 4 = 293, tail 2 * (108 + 3) = 222: 3307.
+  assert sum(int(np.prod(s)) for s in expected.values()) == 2 * 3307
+  for recurrences in (1, 3):  # the T unrolls share their weights
+    tiny = tiny_model_config(features=c, num_groups=2, num_blocks=2, recurrences=recurrences)
+    params = jax.eval_shape(models.create_model(tiny).init, jax.random.key(0), x)['params']
+    flat = flax.traverse_util.flatten_dict(params, sep='/')
+    assert {k: tuple(v.shape) for k, v in flat.items()} == expected
+    assert models.num_params(tiny) == 2 * 3307
 
 
 def test_layer_attention_gamma_starts_at_zero_and_jit_agrees():
