@@ -193,6 +193,22 @@ def test_mcmt_full_labels_pool_is_the_labeled_lows(folders):
   assert _sources_of(batches, 'unlabeled', lows) == set(range(N_TRAIN))
 
 
+def test_mcmt_unlabeled_patches_are_flipped_and_rotated(folders):
+  # 3 of the 4 pairs keep their labels: every unlabeled patch comes from the one left, whose
+  # pattern has no symmetry, so each patch's crop position and orientation k is unique.
+  c = make_config(folders, method='mcmt', label_fraction=0.75, unlabeled_batch_size=4)
+  _, unl = ip.label_split(N_TRAIN, 0.75, 0)
+  assert len(unl) == 1
+  lows = {i: pattern(ident=i) // 2 for i in range(N_TRAIN)}
+  found = [locate(to_u8(p), lows) for b in take(ip.create_train_iterator(c), 20)
+           for p in b['unlabeled']]
+  assert all(f is not None and f[0] == unl[0] for f in found)
+  counts = np.bincount([f[3] for f in found], minlength=8)
+  # Measured (seed 0, 80 patches): [8 6 14 9 11 8 18 6] for k = 0..7 (10 expected each). Without
+  # the augmentation every k would be 0; with flips only or rotations only, 4 or more are missing.
+  assert np.all(counts >= 1) and counts.max() <= 0.3 * len(found), counts
+
+
 def test_eval_padding_mask_valid(folders):
   c = make_config(folders)
   ev = ip.create_eval_dataset(c)
