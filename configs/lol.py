@@ -20,8 +20,8 @@ Arguments (comma-separated, `--config=configs/lol.py:few,test`): one arm and at 
     (float32 parameters), patches of 128, 16 labeled (+ 16 unlabeled) patches per step, the
     paper's schedule: 100 epochs of 30 patches per labeled image, Adam 5e-4 halved at epochs 20,
     40, 60 and 90; evaluation on eval15 every 10 epochs. `few`: 49 * 30 // 16 = 91 steps per
-    epoch, 9,100 steps. `full` keeps the same steps (3 patches per image and epoch:
-    485 * 3 // 16 = 90 steps per epoch, 9,000 steps) so that every arm has the same budget.
+    epoch, 9,100 steps. `full` takes 3 patches per image and epoch (485 * 3 // 16 = 90 steps
+    per epoch, 9,000 steps), so that every arm has about the same budget and schedule.
   - `cpu`: the label-limited regime that 2 CPU cores can train (docs/study.md, "LOL v1 at CPU
     scale"): a small CRNet (C 16, 2 groups x 1 recurrence x 2 blocks, float32), 32x32 patches,
     8 labeled (+ 8 unlabeled) patches per step, 4,000 steps for every arm (about 22 epochs:
