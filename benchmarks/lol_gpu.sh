@@ -8,7 +8,8 @@
 # OUT gets train.log, metrics.jsonl, config.json, summary.json and release/ (params.npz,
 # model.json); the run's workdir is OUT/run (checkpoints: rerun the same command to resume).
 # LOL_CONFIG_ARG (default `few`) picks another arm or size, e.g. `few,test` for a smoke run on a
-# CPU. On one H200 the default takes about 8 minutes (README, "Results on LOL v1").
+# CPU. On one H200 the default is predicted at about 7.5 minutes (the one run measured so far,
+# before two start-up fixes, needed more than 10: docs/lol_study.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pack=$(realpath "$1"); out=$(realpath -m "$2"); shift 2
