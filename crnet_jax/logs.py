@@ -11,7 +11,8 @@ default 0) it drops:
   ("CheckpointManagerOptions.read_only=True ...", "Given directory is read only");
 - TFDS's notes about custom configs, OpenCV and variant folders.
 
-Every other warning and error stays. `--verbosity=1` (or `-v 1`) removes the filter and shows
+Every other warning and error stays, a library's error as one line, without its traceback (our
+own error line follows, naming the cause and what to do). `--verbosity=1` (or `-v 1`) removes the filter and shows
 everything, debug lines included. TFDS's "Downloading and preparing dataset" print is replaced by
 our own "Building ..." line in `datasets/base.py` (nothing is downloaded).
 """
@@ -41,11 +42,16 @@ class LibraryFilter(std_logging.Filter):
     msg = str(record.msg)
     if any(msg.startswith(p) for p in TFDS_NOTES):
       return False
-    if record.levelno >= std_logging.ERROR:
-      return True
     path = os.path.abspath(str(getattr(record, 'pathname', '') or ''))
-    if path.startswith(REPO + os.sep) and os.sep + 'site-packages' + os.sep not in path:
-      return True  # ours
+    ours = path.startswith(REPO + os.sep) and os.sep + 'site-packages' + os.sep not in path
+    if record.levelno >= std_logging.ERROR:
+      if not ours and record.exc_info:
+        # A library's error (e.g. orbax's background save failing because the workdir was
+        # deleted) stays one line: our own error line says what happened and what to do.
+        record.exc_info, record.exc_text = None, None
+      return True
+    if ours:
+      return True
     if record.levelno < std_logging.WARNING:
       return False
     return not any(msg.startswith(p) for p in HARMLESS_WARNINGS)

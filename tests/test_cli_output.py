@@ -108,6 +108,18 @@ def test_library_filter_keeps_ours_and_warnings():
   assert keep(record(library, logging.WARNING, 'disk almost full'))
   assert not keep(record(library, logging.WARNING, 'Given directory is read only=/run/best'))
   assert keep(record(library, logging.ERROR))
+  # A library's error keeps its line but not its traceback (orbax's background save failing
+  # when the workdir is deleted during training); ours keep theirs.
+  try:
+    raise ValueError('No ArrayMetadata found')
+  except ValueError:
+    import sys  # pylint: disable=g-import-not-at-top
+    info = sys.exc_info()
+  theirs, mine = record(library, logging.ERROR), record(os.path.join(REPO, 'main.py'),
+                                                        logging.ERROR)
+  theirs.exc_info = mine.exc_info = info
+  assert keep(theirs) and theirs.exc_info is None
+  assert keep(mine) and mine.exc_info is info
   logger = absl_logging.get_absl_logger()
   try:
     logs.quiet_libraries(0)
