@@ -188,11 +188,11 @@ def _last_test(workdir: str, steps: int) -> dict[str, Any] | None:
   return tests[-1] if tests else None
 
 
-def _mean_std(values: Sequence[float]) -> str:
+def _mean_std(values: Sequence[float], digits: int = 2) -> str:
   if not values:
     return '-'
   std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-  return f'{np.mean(values):.2f} +- {std:.2f}'
+  return f'{np.mean(values):.{digits}f} +- {std:.{digits}f}'
 
 
 def collect(work: str) -> dict[str, dict[int, dict[str, Any]]]:
@@ -258,7 +258,8 @@ def cmd_report(args) -> dict[str, Any]:
 
     def ms(key, entry=e):
       v = entry.get(key)
-      return _mean_std(list(v['per_seed'].values())) if v else '-'
+      digits = 4 if key.endswith('ssim') else 2
+      return _mean_std(list(v['per_seed'].values()), digits) if v else '-'
 
     diffs = e.get('student_minus_few')
     share = e.get('student_gap_share')
