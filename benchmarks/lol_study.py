@@ -251,8 +251,9 @@ def cmd_report(args) -> dict[str, Any]:
   runs = collect(work)
   summary = summarize(runs)
   lines = ['| arm | seeds | student PSNR | student SSIM | teacher PSNR | teacher SSIM | '
-           'student - few (dB, per seed) | share of the few -> full gap |',
-           '| --- | --- | --- | --- | --- | --- | --- | --- |']
+           'student - few (dB, per seed) | share of the few -> full gap | '
+           'teacher - few (dB, per seed) | teacher share |',
+           '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
   for arm in [a for a in lol_configs.ARMS if a in summary['arms']]:
     e = summary['arms'][arm]
 
@@ -263,13 +264,16 @@ def cmd_report(args) -> dict[str, Any]:
 
     diffs = e.get('student_minus_few')
     share = e.get('student_gap_share')
+    t_diffs, t_share = e.get('teacher_minus_few'), e.get('teacher_gap_share')
     lines.append(
         f"| {arm} | {','.join(map(str, e['seeds']))}"
         f"{' (+' + ','.join(map(str, e['unfinished'])) + ' unfinished)' if e['unfinished'] else ''}"
         f" | {ms('student_psnr')} | {ms('student_ssim')} | {ms('teacher_psnr')} | "
         f"{ms('teacher_ssim')} | "
         f"{', '.join(f'{d:+.2f}' for d in diffs.values()) if diffs else '-'} | "
-        f"{f'{100 * share:.0f}%' if share is not None else '-'} |")
+        f"{f'{100 * share:.0f}%' if share is not None else '-'} | "
+        f"{', '.join(f'{d:+.2f}' for d in t_diffs.values()) if t_diffs else '-'} | "
+        f"{f'{100 * t_share:.0f}%' if t_share is not None else '-'} |")
   gap = summary['full_minus_few_mean']
   text = '\n'.join(lines) + '\n\n' + (
       f"full - few (student PSNR, paired by seed): "
