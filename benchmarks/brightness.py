@@ -5,7 +5,7 @@ each image, then over images) of the LOL low images in `--lol_low_dir`, and of t
 normal images of the embedded default dataset (scikit-image's bundled photos darkened by
 `crnet_jax/datasets/degrade.py` with the parameters of `configs/default.py`).
 
-  .venv/bin/python benchmarks/brightness.py --lol_low_dir /work/shared/data/LOL/eval15/low
+  python benchmarks/brightness.py --lol_low_dir /path/to/LOL/eval15/low
 """
 
 import argparse
@@ -26,7 +26,7 @@ from crnet_jax.datasets import synthetic_pairs  # pylint: disable=wrong-import-p
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--lol_low_dir', default='/work/shared/data/LOL/eval15/low')
+  parser.add_argument('--lol_low_dir', required=True, help='a folder of LOL low-light images')
   args = parser.parse_args()
 
   files = sorted(glob.glob(os.path.join(args.lol_low_dir, '*')))
