@@ -43,6 +43,7 @@ if REPO not in sys.path:
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from benchmarks import study  # noqa: E402  (its metrics.jsonl reader)
 from configs import lol as lol_configs  # noqa: E402
 from crnet_jax import datasets  # noqa: E402
 from crnet_jax import image_io  # noqa: E402
@@ -150,27 +151,19 @@ def cmd_baseline(args) -> dict[str, Any]:
 
 def _test_metrics(workdir: str, step: int) -> dict[str, float]:
   """The `test` record of `step` in the run's metrics.jsonl ({} if none)."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  found = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        record = json.loads(line)
-        if record.get('split') == 'test' and int(record['step']) == step:
-          found = record
+  found = next((r for r in study.eval_curve(workdir) if int(r['step']) == step), {})
   return {k: v for k, v in found.items() if k.endswith(('_psnr', '_ssim')) or k == 'num_images'}
 
 
 def cmd_release(args) -> str:
   """Writes the run's last (or best) checkpoint's parameters as a release folder."""
   from crnet_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from crnet_jax import export  # pylint: disable=g-import-not-at-top
   workdir = os.path.abspath(args.workdir)
   with open(os.path.join(workdir, 'config.json')) as f:
     run_config = json.load(f)
   variables, step = checkpointing.restore_variables(workdir, args.checkpoint)
   params = variables['params' if args.params == 'student' else 'teacher_params']
-  model_config = export._model_config_from_dict(run_config['model'])  # pylint: disable=protected-access
+  model_config = release.model_config_from_dict(run_config['model'])
   d = run_config['data']
   info = {
       'trained_on': args.trained_on or f"{d['dataset']} ({d.get('lol_variant', '')}), label "

@@ -35,6 +35,7 @@ if REPO not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from benchmarks import study  # noqa: E402  (metrics.jsonl readers, the line chart)
 from configs import lol as lol_configs  # noqa: E402
 
 COLORS = {'few': (200, 60, 40), 'full': (40, 40, 40), 'mcmt': (30, 90, 200),
@@ -78,20 +79,11 @@ def train_command(arm: str, seed: int, args, workdir: str, steps: int | None = N
 
 
 def _records(workdir: str) -> list[dict[str, Any]]:
-  path = os.path.join(workdir, 'metrics.jsonl')
-  out = []
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        try:
-          out.append(json.loads(line))
-        except ValueError:
-          pass
-  return out
+  return study._read_jsonl(os.path.join(workdir, 'metrics.jsonl'))  # pylint: disable=protected-access
 
 
 def finished(workdir: str, steps: int) -> bool:
-  return any(r.get('split') == 'test' and int(r['step']) == steps for r in _records(workdir))
+  return _last_test(workdir, steps) is not None
 
 
 def measured_rate(workdir: str) -> float | None:
@@ -184,8 +176,8 @@ def cmd_run(args) -> dict[str, Any]:
 
 
 def _last_test(workdir: str, steps: int) -> dict[str, Any] | None:
-  tests = [r for r in _records(workdir) if r.get('split') == 'test' and int(r['step']) == steps]
-  return tests[-1] if tests else None
+  """The evaluation of the run's last step (`steps`), or None before it."""
+  return next((r for r in study.eval_curve(workdir) if int(r['step']) == steps), None)
 
 
 def _mean_std(values: Sequence[float], digits: int = 2) -> str:
@@ -208,7 +200,7 @@ def collect(work: str) -> dict[str, dict[int, dict[str, Any]]]:
       continue
     with open(config_path) as f:
       steps = int(json.load(f)['num_train_steps'])
-    curve = [r for r in _records(workdir) if r.get('split') == 'test']
+    curve = study.eval_curve(workdir)
     out.setdefault(arm, {})[int(seed)] = {'last': _last_test(workdir, steps), 'curve': curve,
                                           'steps': steps}
   return out
@@ -246,7 +238,6 @@ def summarize(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
 
 def cmd_report(args) -> dict[str, Any]:
   """Writes `<out>.md`, `<out>.json` and `<out>_curves.png` from the runs in `args.work`."""
-  from benchmarks import study  # pylint: disable=g-import-not-at-top  (its line chart)
   work = os.path.abspath(args.work)
   runs = collect(work)
   summary = summarize(runs)

@@ -52,7 +52,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from absl import logging
 import jax
@@ -468,11 +468,10 @@ def restore_variables(workdir: str, which: str = 'best',
   """
   if which not in ('best', 'latest'):
     raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
-  manager = (best_manager(workdir, read_only=True) if which == 'best'
-             else latest_manager(workdir, read_only=True))
+  manager, newest = _reader(workdir, which)
   try:
     if step is None:
-      step = manager.best_step() if which == 'best' else manager.latest_step()
+      step = newest()
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {manager.directory}')
     step_dir = manager.directory / str(step)
@@ -495,17 +494,25 @@ def restore_variables(workdir: str, which: str = 'best',
   return {'params': get('params'), 'teacher_params': get('teacher_params')}, int(step)
 
 
+def _reader(workdir: str, which: str) -> tuple[ocp.CheckpointManager, Callable[[], int | None]]:
+  """A read-only manager of the run's 'best' or 'latest' checkpoints, and its newest step."""
+  if which == 'best':
+    manager = best_manager(workdir, read_only=True)
+    return manager, manager.best_step
+  manager = latest_manager(workdir, read_only=True)
+  return manager, manager.latest_step
+
+
 def _describe_intact(workdir: str, exclude: str) -> str:
   """'Intact checkpoints of this run: ...', with the `--checkpoint` choice that uses one."""
   found, hint = [], ''
   for which in ('best', 'latest'):
-    manager = (best_manager(workdir, read_only=True) if which == 'best'
-               else latest_manager(workdir, read_only=True))
+    manager, newest_step = _reader(workdir, which)
     try:
       steps = intact_steps(manager)
       paths = [os.fspath(manager.directory / str(s)) for s in steps]
       found += [p for p in paths if p != exclude]
-      newest = manager.best_step() if which == 'best' else manager.latest_step()
+      newest = newest_step()
       if not hint and newest in steps and paths[steps.index(newest)] != exclude:
         hint = f' (--checkpoint={which} uses {paths[steps.index(newest)]})'
     except Exception:  # pylint: disable=broad-except

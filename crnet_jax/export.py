@@ -78,16 +78,6 @@ def check_export_folder(directory: str) -> None:
 EXPORT_PLATFORMS = ('cpu', 'cuda', 'tpu')
 
 
-def _model_config_from_dict(d: dict[str, Any]) -> ml_collections.ConfigDict:
-  from configs import default  # pylint: disable=g-import-not-at-top
-  config = default.get_model_config()
-  unknown = set(d) - set(config.keys())
-  if unknown:
-    raise ValueError(f'model config: unknown keys {sorted(unknown)}')
-  config.update(d)
-  return config
-
-
 def save_inference_checkpoint(directory: str, params: Any,
                               model_config: ml_collections.ConfigDict,
                               source: str | None = None) -> str:
@@ -122,28 +112,21 @@ def load_inference_checkpoint(
   if not os.path.isfile(config_path):
     raise FileNotFoundError(f'{directory}: not an exported model (no {MODEL_CONFIG_FILE})')
   with open(config_path) as f:
-    model_config = _model_config_from_dict(json.load(f))
+    model_config = release.model_config_from_dict(json.load(f))
   model = models.create_model(model_config)
-  abstract = jax.eval_shape(model.init, jax.random.key(0),
-                            jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32))['params']
   with ocp.StandardCheckpointer() as checkpointer:
-    params = checkpointer.restore(os.path.join(directory, PARAMS_DIR), abstract)
+    params = checkpointer.restore(os.path.join(directory, PARAMS_DIR),
+                                  models.abstract_params(model))
   return model, params, model_config
 
 
 def check_params(model: models.CRNet, params: Any, config_path: str, where: str) -> None:
   """Refuses (DataError naming `config_path`) parameters whose shapes the model does not take."""
-  abstract = jax.eval_shape(model.init, jax.random.key(0),
-                            jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32))['params']
-  want = {jax.tree_util.keystr(k): tuple(v.shape)
-          for k, v in jax.tree_util.tree_leaves_with_path(abstract)}
-  got = {jax.tree_util.keystr(k): tuple(np.shape(v))
-         for k, v in jax.tree_util.tree_leaves_with_path(params)}
-  if want == got:
+  mismatch = models.param_mismatch(model, params)
+  if mismatch is None:
     return
-  missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
-  shapes = [k for k in sorted(set(want) & set(got)) if want[k] != got[k]]
-  detail = (f'parameter {shapes[0]} is {got[shapes[0]]} in the checkpoint, {want[shapes[0]]} for '
+  missing, extra, shapes = mismatch
+  detail = (f'parameter {shapes[0][0]} is {shapes[0][1]} in the checkpoint, {shapes[0][2]} for '
             'the config' if shapes else
             f'the config has parameters the checkpoint lacks ({missing[0]}, ...)' if missing else
             f'the checkpoint has parameters the config lacks ({extra[0]}, ...)')
@@ -215,7 +198,7 @@ def load_model_and_source(path: str, which: str = 'student', checkpoint: str = '
     raise MissingDataError(f'{path}: training workdir without config.json')
   try:
     with open(config_path) as f:
-      model_config = _model_config_from_dict(json.load(f)['model'])
+      model_config = release.model_config_from_dict(json.load(f)['model'])
   except (ValueError, KeyError, TypeError) as e:
     raise DataError(f'{config_path}: not the config of a run ({type(e).__name__}: {e})') from e
   used = checkpoint

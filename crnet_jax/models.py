@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from crnet_jax import layers
 
@@ -163,6 +164,30 @@ def init_params(model: CRNet, rng: Array) -> Any:
   context = getattr(jax, 'threefry_partitionable', None)
   with context(False) if context is not None else contextlib.nullcontext():
     return model.init(rng, jnp.zeros((1, 16, 16, 3), jnp.float32))['params']
+
+
+def abstract_params(model: CRNet) -> Any:
+  """The shapes and dtypes of `init_params(model, key)` (`jax.ShapeDtypeStruct`s), computing none."""
+  return jax.eval_shape(model.init, jax.random.key(0),
+                        jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32))['params']
+
+
+def param_mismatch(model: CRNet, params: Any
+                   ) -> tuple[list[str], list[str], list[tuple[str, tuple, tuple]]] | None:
+  """How `params` differ from what `model` takes, or None when every path and shape agrees.
+
+  Returns:
+    (paths the model has and `params` lack, paths `params` have and the model lacks,
+    [(path, shape in `params`, shape the model takes)]), paths as `jax.tree_util.keystr`.
+  """
+  want = {jax.tree_util.keystr(k): tuple(v.shape)
+          for k, v in jax.tree_util.tree_leaves_with_path(abstract_params(model))}
+  got = {jax.tree_util.keystr(k): tuple(np.shape(v))
+         for k, v in jax.tree_util.tree_leaves_with_path(params)}
+  if want == got:
+    return None
+  return (sorted(set(want) - set(got)), sorted(set(got) - set(want)),
+          [(k, got[k], want[k]) for k in sorted(set(want) & set(got)) if want[k] != got[k]])
 
 
 def enhance(model: CRNet, params: Any, x: Array, mask: Array | None = None) -> Array:

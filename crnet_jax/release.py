@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from crnet_jax import image_io
 from crnet_jax import models
 from crnet_jax.image_io import DataError
 
@@ -86,14 +87,18 @@ def save_release(folder: str, params: Any, model_config: ml_collections.ConfigDi
     if not np.all(np.isfinite(value)) or np.max(np.abs(value), initial=0.0) > _FLOAT16_MAX:
       raise ValueError(f'parameter {key}: not finite or outside the float16 range')
   os.makedirs(folder, exist_ok=True)
-  tmp = os.path.join(folder, PARAMS_FILE + '.tmp.npz')
-  np.savez_compressed(tmp, **{k: v.astype(np.float16) for k, v in flat.items()})
-  os.replace(tmp, os.path.join(folder, PARAMS_FILE))
-  tmp = os.path.join(folder, MODEL_FILE + '.tmp')
-  with open(tmp, 'w') as f:
-    json.dump({'model': model_config.to_dict(), 'info': info}, f, indent=2, sort_keys=True)
-    f.write('\n')
-  os.replace(tmp, os.path.join(folder, MODEL_FILE))
+
+  def write_params(tmp):
+    with open(tmp, 'wb') as f:
+      np.savez_compressed(f, **{k: v.astype(np.float16) for k, v in flat.items()})
+
+  def write_model(tmp):
+    with open(tmp, 'w') as f:
+      json.dump({'model': model_config.to_dict(), 'info': info}, f, indent=2, sort_keys=True)
+      f.write('\n')
+
+  image_io.write_atomically(os.path.join(folder, PARAMS_FILE), write_params)
+  image_io.write_atomically(os.path.join(folder, MODEL_FILE), write_model)
   return folder
 
 
@@ -105,35 +110,46 @@ def load_release(folder: str) -> tuple[models.CRNet, Any, ml_collections.ConfigD
     DataError: a missing or damaged file, or parameters that do not match the model config
       (the file and the key are named).
   """
-  from configs import default  # pylint: disable=g-import-not-at-top
   folder = os.path.abspath(folder)
   model_path, params_path = os.path.join(folder, MODEL_FILE), os.path.join(folder, PARAMS_FILE)
   try:
     with open(model_path) as f:
       meta = json.load(f)
-    model_config = default.get_model_config()
-    model_config.update(meta['model'])
+    model_config = model_config_from_dict(meta['model'])
     info = dict(meta.get('info', {}))
   except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
     raise DataError(f'{model_path}: not a readable model description ({e})') from e
   model = models.create_model(model_config)
-  abstract = jax.eval_shape(model.init, jax.random.key(0),
-                            jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32))['params']
   try:
     with np.load(params_path) as data:
-      stored = {k: data[k] for k in data.files}
+      stored = {k: data[k].astype(np.float32) for k in data.files}
   except Exception as e:  # pylint: disable=broad-except  (zip, pickle and OS errors alike)
     raise DataError(f'{params_path}: cannot read the parameters ({e})') from e
-  wanted = _by_key(abstract)
-  missing, extra = sorted(set(wanted) - set(stored)), sorted(set(stored) - set(wanted))
-  if missing or extra:
+  params: dict[str, Any] = {}
+  for key, value in stored.items():  # 'a/b/kernel' -> params['a']['b']['kernel']
+    *parents, name = key.split('/')
+    node = params
+    for parent in parents:
+      node = node.setdefault(parent, {})
+    node[name] = value
+  mismatch = models.param_mismatch(model, params)
+  if mismatch is not None:
+    missing, extra, shapes = mismatch
+    if shapes:
+      key, got, want = shapes[0]
+      raise DataError(f'{params_path}: {key} has shape {got}, the model in {MODEL_FILE} needs '
+                      f'{want}')
     raise DataError(f'{params_path}: does not match the model in {MODEL_FILE} (missing '
                     f'{missing[:3]}, unexpected {extra[:3]})')
-  for key, leaf in wanted.items():
-    if stored[key].shape != leaf.shape:
-      raise DataError(f'{params_path}: {key} has shape {stored[key].shape}, the model in '
-                      f'{MODEL_FILE} needs {leaf.shape}')
-  treedef = jax.tree_util.tree_structure(abstract)
-  params = jax.tree_util.tree_unflatten(
-      treedef, [jnp.asarray(stored[k].astype(np.float32)) for k in wanted])
-  return model, params, model_config, info
+  return model, jax.tree.map(jnp.asarray, params), model_config, info
+
+
+def model_config_from_dict(d: dict[str, Any]) -> ml_collections.ConfigDict:
+  """The model config of `configs/default.py` updated with `d` (ValueError on an unknown key)."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_model_config()
+  unknown = set(d) - set(config.keys())
+  if unknown:
+    raise ValueError(f'model config: unknown keys {sorted(unknown)}')
+  config.update(d)
+  return config

@@ -1181,18 +1181,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         t = time.time()
         final_metrics = run_eval(step)
         progress.busy(time.time() - t, evaluation=True)
-      saved = step % config.checkpoint_every_steps == 0 or step == total_steps
-      if saved:
-        _check_finite(step, step_metrics, last_checkpoint)
+      # A stop (SIGTERM, Ctrl-C) saves the step it stops at, as the schedule saves others.
+      stopping = stop.should_stop(step) and step < total_steps  # once per step (multi-process)
+      if stopping or step % config.checkpoint_every_steps == 0 or step == total_steps:
+        _check_finite(step, step_metrics, last_checkpoint)  # never save a non-finite state
         t = time.time()
         saving(step, 'latest', latest.directory,
                lambda: checkpointing.save_latest(latest, step, state, train_iter.get_state()))
         progress.busy(time.time() - t)
-      if stop.should_stop(step) and step < total_steps:  # once per step (multi-process sync)
-        if not saved:
-          _check_finite(step, step_metrics, last_checkpoint)  # never save a non-finite state
-          saving(step, 'latest', latest.directory,
-                 lambda: checkpointing.save_latest(latest, step, state, train_iter.get_state()))
+      if stopping:
         saving(step, 'latest', latest.directory, latest.wait_until_finished)
         saving(step, 'best', best.directory, best.wait_until_finished)
         raise TrainingStopped(stop.signum or signal.SIGTERM, step, latest.directory)
