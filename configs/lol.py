@@ -29,6 +29,8 @@ Arguments (comma-separated, `--config=configs/lol.py:few,test`): one arm and at 
     at epochs 11 and 16.4 (steps ~2,000 and ~3,000), evaluation every ~500 steps. Meant for LOL
     at half resolution (`benchmarks/lol.py pack --scale 0.5`), where 4,000 steps are 11 passes
     over the 49 labeled pairs.
+  - `cpu_wide`: as `cpu` with twice the features (C 32: 343k parameters against 89k), to test
+    whether the gap between 10% and 100% of the labels grows with the network's capacity.
   - `test`: tiny (features 4, 2 groups x 1 recurrence x 1 block, 16x16 patches, 3 steps), for the
     tests.
 
@@ -49,7 +51,7 @@ ARMS = {
     'mcmt-': ('mcmt', 0.1, {'gamma': 0.0}),
     'mcmt_real': ('mcmt', 0.1, {}),
 }
-SIZES = ('cpu', 'test')
+SIZES = ('cpu', 'cpu_wide', 'test')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -72,8 +74,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 1000
   config.num_eval_images = 3
   config.run_name = arm
-  if size == 'cpu':
-    config.model.update(features=16, num_groups=2, recurrences=1, num_blocks=2, dtype='float32')
+  if size in ('cpu', 'cpu_wide'):
+    config.model.update(features=16 if size == 'cpu' else 32, num_groups=2, recurrences=1, num_blocks=2, dtype='float32')
     d.update(patch_size=32, batch_size=8, unlabeled_batch_size=8, eval_batch_size=5)
     config.num_train_steps = 4000
     config.learning_rate = 2e-3
