@@ -50,6 +50,7 @@ from benchmarks import kernel_table  # noqa: E402
 # names change between XLA versions: xla_gpu_enable_command_buffer (a list of command types; empty
 # turns CUDA graphs off) and xla_gpu_graph_min_graph_size exist in jaxlib 0.10.2.
 OPTIONS = {
+    'layer_attention_impl=reduce': ['--config.model.layer_attention_impl=reduce'],
     'layer_attention_impl=concat': ['--config.model.layer_attention_impl=concat'],
     'remat=lmrg': ['--config.model.remat=lmrg'],
     'command_buffer=off': ['xla:xla_gpu_enable_command_buffer='],

@@ -32,8 +32,9 @@ def get_model_config() -> ml_collections.ConfigDict:
   # Compute dtype: 'float32', or 'bfloat16' (params stay float32).
   m.dtype = 'float32'
   # Performance options: same parameters, same function up to float rounding (benchmarks/README.md).
-  # Layer attention as the formula's stack + matmuls + transpose ('stack'), or as a weighted sum of
-  # the block outputs concatenated on the channel axis ('concat'; no stacked copy, no transpose).
+  # Layer attention as the formula's stack + matmuls + transpose ('stack'), the same with float32
+  # reductions in place of the matmuls ('reduce'; no GEMM), or as a weighted sum of the block
+  # outputs concatenated on the channel axis ('concat'; no stacked copy, no transpose, no GEMM).
   m.layer_attention_impl = 'stack'
   # Rematerialise activations in the backward pass: 'none', each LMRG pass ('lmrg') or each masked
   # residual block ('blocks'), keeping what `remat_policy` allows ('nothing_saveable',

@@ -216,20 +216,29 @@ MEMORY_MODULES: dict[str, type[nn.Module]] = {
     'convlstm': ConvLSTM, 'convgru': ConvGRU, 'none': NoMemory}
 
 
-LAYER_ATTENTION_IMPLS = ('stack', 'concat')
+LAYER_ATTENTION_IMPLS = ('stack', 'reduce', 'concat')
 
 
-def layer_energy(layers: Array, mask: Array | None = None) -> Array:
+def layer_energy(layers: Array, mask: Array | None = None, matmul: bool = True) -> Array:
   """The layer attention's energy `E = F F^T` (batch, B, B) in float32, over pixels where `mask`.
 
   `layers`: (batch, B, H, W, C); `mask`: (batch, H, W) or None. Summing the energies of disjoint
   parts of an image gives the energy of the whole image, which is what tiled inference uses.
+  `matmul=True`: one batched matrix product at `Precision.HIGHEST` (on GPUs a float32 dot
+  otherwise runs in TF32, 10 mantissa bits, and E sums H*W*C products). `matmul=False`: the same
+  sums as B float32 reductions of `F * F_i` over H*W*C (row i of E), which a compiler fuses into
+  reduction passes instead of a (B x K) x (K x B) GEMM, skinny and slow at HIGHEST.
   """
   flat = layers.astype(jnp.float32)
   if mask is not None:
     flat = flat * mask[:, None, :, :, None].astype(jnp.float32)
   flat = flat.reshape(layers.shape[0], layers.shape[1], -1)
-  # HIGHEST: on GPUs a float32 dot defaults to TF32 (10 mantissa bits); E sums H*W*C products.
+  if not matmul:
+    # Row by row on purpose: the one-line `sum(F[:, :, None] * F[:, None], -1)` is miscompiled by
+    # XLA's CPU backend (jaxlib 0.10.2, its YNN fusion) when the batch is 1: wrong sums, NaN
+    # gradients (tests/test_bench.py::test_reduce_layer_attention_at_batch_one).
+    return jnp.stack([jnp.sum(flat * flat[:, i:i + 1], axis=-1) for i in range(flat.shape[1])],
+                     axis=1)
   return jnp.einsum('bik,bjk->bij', flat, flat, precision=jax.lax.Precision.HIGHEST)
 
 
@@ -262,6 +271,9 @@ class LayerAttention(nn.Module):
 
   - `'stack'`: the formula as written: stack the B outputs to (batch, B, H, W, C), two batched
     matmuls, then move the layer axis next to the channels (a transposing copy) for the conv.
+  - `'reduce'`: as `'stack'`, with the energy and `A F` computed as float32 reductions of
+    broadcast products (`layer_energy(matmul=False)`; `A F` sums B weighted layers per pixel)
+    instead of matrix products: no GEMM in the forward or the backward pass.
   - `'concat'`: `out_i = F_i + sum_j (gamma A)_ij F_j` as a weighted sum of the block outputs
     (accumulated in float32), concatenated on the channel axis straight into the
     (batch, H, W, B*C) input of the fuse conv, with the energy from `layer_energy_of_list`. No
@@ -283,7 +295,7 @@ class LayerAttention(nn.Module):
       raise ValueError(f'model.layer_attention_impl: {self.impl!r} is not one of '
                        f'{list(LAYER_ATTENTION_IMPLS)}')
     gamma = self.param('gamma', nn.initializers.zeros, (), self.param_dtype)
-    if self.impl == 'stack':
+    if self.impl in ('stack', 'reduce'):
       out = self._stacked(layers, energy, gamma)
     else:
       out = self._concatenated(layers, energy, gamma)
@@ -294,12 +306,17 @@ class LayerAttention(nn.Module):
     if not hasattr(layers, 'ndim'):
       layers = jnp.stack(layers, axis=1)
     batch, num_layers, height, width, channels = layers.shape
+    matmul = self.impl == 'stack'
     if energy is None:
-      energy = layer_energy(layers)
-    energy = jnp.max(energy, axis=-1, keepdims=True) - energy
-    attention = jax.nn.softmax(energy, axis=-1)
+      energy = layer_energy(layers, matmul=matmul)
+    attention = _attention(energy)
     flat = layers.reshape(batch, num_layers, -1).astype(self.dtype)
-    attended = jnp.einsum('bij,bjk->bik', attention.astype(self.dtype), flat)
+    if matmul:
+      attended = jnp.einsum('bij,bjk->bik', attention.astype(self.dtype), flat)
+    else:  # sum_j A_ij F_j as B weighted terms accumulated in float32 (see `layer_energy`)
+      wide = flat.astype(jnp.float32)
+      attended = sum(attention[:, :, j, None] * wide[:, None, j] for j in range(num_layers))
+      attended = attended.astype(self.dtype)
     out = gamma.astype(self.dtype) * attended + flat
     out = out.reshape(batch, num_layers, height, width, channels)
     return jnp.moveaxis(out, 1, 3).reshape(batch, height, width, num_layers * channels)

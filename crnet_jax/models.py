@@ -103,7 +103,9 @@ class LMRG(nn.Module):
           return blocks[-1:], state, None
         if self.layer_attention_impl == 'concat':
           return blocks, state, layers.layer_energy_of_list(blocks, energy_mask)
-        return blocks, state, layers.layer_energy(jnp.stack(blocks, axis=1), energy_mask)
+        return blocks, state, layers.layer_energy(
+            jnp.stack(blocks, axis=1), energy_mask,
+            matmul=self.layer_attention_impl == 'stack')
     if self.layer_attention:
       u = masked(layers.LayerAttention(self.features, impl=self.layer_attention_impl, **common,
                                        name='layer_attention')(blocks, energy))

@@ -159,11 +159,12 @@ def test_flops_per_pixel_of_the_default_network_and_xla_agrees():
 # Performance options: same parameters, same numbers.
 
 
-def test_concat_layer_attention_equals_stack():
+@pytest.mark.parametrize('impl', ['concat', 'reduce'])
+def test_layer_attention_impls_equal_stack(impl):
   rng = np.random.default_rng(0)
   feats = rng.standard_normal((2, 3, 4, 5, 2)).astype(np.float32)
   stack = layers.LayerAttention(features=3)
-  concat = layers.LayerAttention(features=3, impl='concat')
+  concat = layers.LayerAttention(features=3, impl=impl)
   params = stack.init(jax.random.key(0), feats)['params']
   params = {**params, 'gamma': jnp.float32(0.37)}
   assert (jax.tree.structure(concat.init(jax.random.key(0), feats)['params'])
@@ -175,6 +176,8 @@ def test_concat_layer_attention_equals_stack():
                              rtol=1e-5)
   mask = (rng.random((2, 4, 5)) > 0.3).astype(np.float32)
   np.testing.assert_allclose(layers.layer_energy_of_list(as_list, mask),
+                             layers.layer_energy(feats, mask), rtol=1e-5)
+  np.testing.assert_allclose(layers.layer_energy(feats, mask, matmul=False),
                              layers.layer_energy(feats, mask), rtol=1e-5)
   with pytest.raises(ValueError, match='layer_attention_impl'):
     layers.LayerAttention(features=3, impl='fast').init(jax.random.key(0), feats)
@@ -206,6 +209,7 @@ def plain_loss_and_grads():
 
 @pytest.mark.parametrize('overrides', [
     {'layer_attention_impl': 'concat'},
+    {'layer_attention_impl': 'reduce'},
     {'remat': 'lmrg'},
     {'remat': 'blocks', 'remat_policy': 'dots_saveable', 'layer_attention_impl': 'concat'},
 ])
@@ -225,10 +229,11 @@ def test_performance_options_keep_outputs_and_gradients(overrides):
     assert 'checkpoint' in jaxpr or 'remat' in jaxpr
 
 
-def test_concat_layer_attention_keeps_masked_and_tiled_inference():
+@pytest.mark.parametrize('impl', ['concat', 'reduce'])
+def test_layer_attention_impls_keep_masked_and_tiled_inference(impl):
   from crnet_jax import inference  # pylint: disable=g-import-not-at-top
   small = {'num_groups': 1, 'recurrences': 2, 'num_blocks': 2}
-  model = models.create_model(tiny_model_config(layer_attention_impl='concat', **small))
+  model = models.create_model(tiny_model_config(layer_attention_impl=impl, **small))
   params = random_params(models.create_model(tiny_model_config(**small)))
   image = np.random.default_rng(0).random((21, 30, 3)).astype(np.float32)
   whole = inference.Enhancer(model, params, inference.TilingConfig(bucket=8))(image)
@@ -244,3 +249,41 @@ def test_bad_performance_option_names_the_key(key, value):
   config[key] = value
   with pytest.raises(ValueError, match=f'model.{key}'):
     models.create_model(config)
+
+
+def _dots_in_compiled_gradient(impl: str) -> int:
+  model = models.create_model(tiny_model_config(**OPTION_TEST_MODEL, layer_attention_impl=impl))
+  params, _, _ = plain_loss_and_grads()
+  x, y = option_test_inputs()
+  loss = lambda p: jnp.mean(jnp.square(model.apply({'params': p}, x)[0] - y))
+  hlo = jax.jit(jax.grad(loss)).lower(params).compile(compiler_options=FAST_COMPILE).as_text()
+  return sum(' dot(' in line for line in hlo.splitlines())
+
+
+def test_reduce_and_concat_layer_attention_have_no_matrix_products():
+  """The compiled gradient of 'stack' holds the attention's batched matmuls; the others none."""
+  assert _dots_in_compiled_gradient('stack') > 0
+  assert _dots_in_compiled_gradient('reduce') == 0
+  assert _dots_in_compiled_gradient('concat') == 0
+
+
+def test_reduce_layer_attention_at_batch_one():
+  """'reduce' equals 'stack' at batch 1 with many pixels, outputs and gradients (inference runs
+  one image at a time; a broadcast-product form of the same sums compiles wrong there on CPU)."""
+  rng = np.random.default_rng(0)
+  feats = jnp.asarray(rng.standard_normal((1, 3, 24, 32, 4)).astype(np.float32))
+  stack = layers.LayerAttention(features=3)
+  reduce = layers.LayerAttention(features=3, impl='reduce')
+  params = {**stack.init(jax.random.key(0), feats)['params'], 'gamma': jnp.float32(0.37)}
+  weight = jnp.asarray(rng.standard_normal((1, 24, 32, 3)).astype(np.float32))
+
+  def value_and_grads(module):
+    loss = lambda p, f: jnp.sum(module.apply({'params': p}, f) * weight)
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, feats)
+
+  (want, want_grads), (got, got_grads) = value_and_grads(stack), value_and_grads(reduce)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(w))))
+  energy = jax.jit(layers.layer_energy, static_argnums=2)
+  np.testing.assert_allclose(energy(feats, None, False), energy(feats, None, True), rtol=1e-5)
