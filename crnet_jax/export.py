@@ -20,7 +20,8 @@ inference checkpoint directory, which is what `main.py --mode=enhance|evaluate` 
 that looks like a training workdir (`config.json`, `checkpoints/` or `best/`) is always read as
 one, even if an export was written into it by an older version: `--checkpoint=latest` means the
 newest checkpoint of the run. `load_model_and_source` also says, in one line, which parameters
-it loaded (path, step, student or teacher).
+it loaded (path, step, student or teacher); `load_model_and_origin` gives the same as a record
+(what evaluate writes into its `metrics.json`).
 
 An export goes into a new or empty folder only: `check_export_folder` refuses a training workdir
 (an export there would shadow the run's checkpoints) and any other non-empty folder, so that an
@@ -80,11 +81,12 @@ EXPORT_PLATFORMS = ('cpu', 'cuda', 'tpu')
 
 def save_inference_checkpoint(directory: str, params: Any,
                               model_config: ml_collections.ConfigDict,
-                              source: str | None = None) -> str:
+                              source: str | None = None,
+                              origin: dict[str, Any] | None = None) -> str:
   """Writes `params` (orbax) and `model_config` (JSON) to a new or empty directory.
 
-  `source` (what `load_model_and_source` said about the parameters) is kept in `source.json`.
-  Returns the directory's path.
+  `source` (what `load_model_and_source` said about the parameters) is kept in `source.json`,
+  with `origin` (`load_model_and_origin`'s, less its `source`). Returns the directory's path.
   """
   directory = os.path.abspath(directory)
   if os.path.exists(os.path.join(directory, MODEL_CONFIG_FILE)):
@@ -96,7 +98,10 @@ def save_inference_checkpoint(directory: str, params: Any,
     checkpointer.save(os.path.join(directory, PARAMS_DIR), params)
   if source:
     with open(os.path.join(directory, SOURCE_FILE), 'w') as f:
-      json.dump({'source': source}, f)
+      saved = {'source': source}
+      if origin:
+        saved['origin'] = {k: v for k, v in origin.items() if k != 'source'}
+      json.dump(saved, f)
   tmp = os.path.join(directory, MODEL_CONFIG_FILE + '.tmp')
   with open(tmp, 'w') as f:
     json.dump(model_config.to_dict(), f, indent=2, sort_keys=True)
@@ -147,6 +152,23 @@ def load_model_and_source(path: str, which: str = 'student', checkpoint: str = '
                           ) -> tuple[models.CRNet, Any, ml_collections.ConfigDict, str]:
   """`(model, params, model_config, source)`; `source` says in one line which parameters.
 
+  See `load_model_and_origin`.
+  """
+  model, params, model_config, origin = load_model_and_origin(path, which, checkpoint)
+  return model, params, model_config, origin['source']
+
+
+def load_model_and_origin(path: str, which: str = 'student', checkpoint: str = 'best'
+                          ) -> tuple[models.CRNet, Any, ml_collections.ConfigDict,
+                                     dict[str, Any]]:
+  """`(model, params, model_config, origin)`: where the parameters come from.
+
+  `origin` holds `path` (absolute), `kind` ('training run', 'exported model' or 'released
+  model'), `step`, `checkpoint` ('best' or 'latest') and `params` ('student' or 'teacher'), each
+  None where unknown (an export or release made without that record), and `source`, the same in
+  one line for the logs. An export's `origin` also has `exported_from`, the origin of the run it
+  was exported from.
+
   Args:
     path: a training workdir (holds `config.json` and `checkpoints/`) or a directory written by
       `save_inference_checkpoint`. A training workdir is read as one even if it also holds an
@@ -172,7 +194,10 @@ def load_model_and_source(path: str, which: str = 'student', checkpoint: str = '
       raise DataError(f'{path}: a released model holds one set of parameters and no '
                       'checkpoints; drop --params=teacher and --checkpoint=latest')
     model, params, model_config, info = release.load_release(path)
-    return model, params, model_config, f'{path}: released model ({release.describe(info)})'
+    return model, params, model_config, {
+        'path': path, 'kind': 'released model', 'step': info.get('step'),
+        'checkpoint': info.get('checkpoint'), 'params': info.get('parameters'),
+        'source': f'{path}: released model ({release.describe(info)})'}
   if not is_training_workdir(path):
     if not os.path.isfile(os.path.join(path, MODEL_CONFIG_FILE)):
       raise MissingDataError(f'{path}: neither a training workdir (no config.json) nor an '
@@ -184,13 +209,18 @@ def load_model_and_source(path: str, which: str = 'student', checkpoint: str = '
       raise DataError(f'{path}: an exported model has no checkpoints; --checkpoint=latest is '
                       'for a training workdir')
     model, params, model_config = load_inference_checkpoint(path)
-    origin = ''
+    source, exported_from = '', {}
     try:
       with open(os.path.join(path, SOURCE_FILE)) as f:
-        origin = f' (exported from {json.load(f)["source"]})'
+        saved = json.load(f)
+      source = f' (exported from {saved["source"]})'
+      exported_from = dict(saved.get('origin') or {})
     except (OSError, ValueError, KeyError, TypeError):
       pass
-    return model, params, model_config, f'{path}: exported model{origin}'
+    return model, params, model_config, {
+        'path': path, 'kind': 'exported model', 'step': exported_from.get('step'),
+        'checkpoint': exported_from.get('checkpoint'), 'params': exported_from.get('params'),
+        'exported_from': exported_from or None, 'source': f'{path}: exported model{source}'}
   if os.path.isfile(os.path.join(path, MODEL_CONFIG_FILE)):
     logging.warning('%s: ignoring the exported model in this training workdir; the parameters '
                     'come from its checkpoints', path)
@@ -215,8 +245,11 @@ def load_model_and_source(path: str, which: str = 'student', checkpoint: str = '
   model = models.create_model(model_config)
   folder = checkpointing.BEST_DIR if used == 'best' else checkpointing.LATEST_DIR
   check_params(model, params, config_path, os.path.join(path, folder, str(step)))
-  return model, params, model_config, (f'{os.path.join(path, folder, str(step))}: step {step}, '
-                                       f'{used} checkpoint, {which} parameters')
+  return model, params, model_config, {
+      'path': path, 'kind': 'training run', 'step': int(step),
+      'checkpoint': 'best' if used == 'best' else 'latest', 'params': which,
+      'source': (f'{os.path.join(path, folder, str(step))}: step {step}, {used} checkpoint, '
+                 f'{which} parameters')}
 
 
 def export_enhance_function(path: str, model: models.CRNet, params: Any,

@@ -31,7 +31,9 @@ above needs), and the output is rounded to uint8 on the device when asked for
 
 `enhance_paths` runs an Enhancer over files and folders and writes PNGs; every input file is
 written or reported with the reason, and a user's files are never replaced (docs/reliability.md).
-`evaluate_pairs` scores a paired folder and draws figures.
+`evaluate_pairs` scores a paired folder, keeps the enhanced images and draws figures and a contact
+sheet. Both check their inputs and outputs first (`plan_enhance`, `plan_evaluation`: main.py does
+so before loading the model) and show a progress bar on stderr (`progress.Bar`).
 """
 
 from __future__ import annotations
@@ -47,11 +49,11 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 
 from crnet_jax import image_io
 from crnet_jax import layers
 from crnet_jax import models
+from crnet_jax.progress import track
 
 
 @dataclasses.dataclass(frozen=True)
@@ -491,22 +493,16 @@ def check_targets(targets: Sequence[str], inputs: Iterable[str]) -> None:
     raise image_io.DataError(problems[0] + more)
 
 
-def enhance_paths(enhancer: Enhancer, inputs: str | Sequence[str], output: str, *,
-                  progress: bool = True) -> dict[str, Any]:
-  """Enhances every image named by `inputs` into the folder `output` as PNGs with the same names.
+@dataclasses.dataclass(frozen=True)
+class EnhanceJob:
+  """What `run_enhance` reads and writes, checked by `plan_enhance` before any model is loaded."""
+  files: list[str]  # the input files
+  targets: list[str]  # the output file of each
+  failed: dict[str, str]  # inputs known not to be written already (path -> reason)
 
-  A single input file with `output` ending in an image extension (`x.png`, `x.jpg`, ...) and not
-  an existing folder is written to that file. A user's files are never replaced and outputs never
-  land among the inputs (docs/reliability.md): `output` must not be an input folder or inside one
-  (nor, for a folder, an input file's folder), and no output may replace an input, a symbolic
-  link, or a file that is not an earlier output of this project (those carry
-  `image_io.OUTPUT_MARK` and are replaced by a rerun). All of this is checked before anything
-  is written; a refusal is a `DataError` naming the path.
 
-  Returns `{'written': [output paths], 'failed': {path: reason}}`: every input file is written or
-  in `failed` (unreadable, not an image, over `max_image_pixels`, a subfolder, a hidden file),
-  and the failures are listed in one warning; the others are still processed.
-  """
+def plan_enhance(inputs: str | Sequence[str], output: str) -> EnhanceJob:
+  """The files of `inputs` and their outputs, all the checks of `enhance_paths` done."""
   files, failed = list_inputs(inputs)
   output = os.path.abspath(os.path.expanduser(os.fspath(output)))
   named = os.path.splitext(output)[1].lower() in image_io.IMAGE_EXTENSIONS
@@ -519,9 +515,36 @@ def enhance_paths(enhancer: Enhancer, inputs: str | Sequence[str], output: str, 
     check_output_folder(output, folders, 'input folder')
     targets = [os.path.join(output, name) for name in output_names(files)]
   check_targets(targets, files)
+  return EnhanceJob(files, targets, failed)
+
+
+def enhance_paths(enhancer: Enhancer, inputs: str | Sequence[str], output: str, *,
+                  progress: bool = True) -> dict[str, Any]:
+  """Enhances every image named by `inputs` into the folder `output` as PNGs with the same names.
+
+  A single input file with `output` ending in an image extension (`x.png`, `x.jpg`, ...) and not
+  an existing folder is written to that file. A user's files are never replaced and outputs never
+  land among the inputs (docs/reliability.md): `output` must not be an input folder or inside one
+  (nor, for a folder, an input file's folder), and no output may replace an input, a symbolic
+  link, or a file that is not an earlier output of this project (those carry
+  `image_io.OUTPUT_MARK` and are replaced by a rerun). All of this is checked before anything
+  is written (`plan_enhance`, which main.py runs before loading the model); a refusal is a
+  `DataError` naming the path.
+
+  Returns `{'written': [output paths], 'failed': {path: reason}}`: every input file is written or
+  in `failed` (unreadable, not an image, over `max_image_pixels`, a subfolder, a hidden file),
+  and the failures are listed in one warning; the others are still processed. With `progress`,
+  a bar on stderr (`progress.Bar`).
+  """
+  return run_enhance(enhancer, plan_enhance(inputs, output), progress=progress)
+
+
+def run_enhance(enhancer: Enhancer, job: EnhanceJob, *, progress: bool = True) -> dict[str, Any]:
+  """Enhances the files of `job` (`plan_enhance`); returns what `enhance_paths` does."""
+  failed = dict(job.failed)
   written = []
-  for path, out_path in zip(tqdm.tqdm(files, desc='enhance', unit='img',
-                                      disable=not progress), targets):
+  for path, out_path in track(zip(job.files, job.targets), 'enhance', total=len(job.files),
+                              enabled=progress):
     try:
       image = enhancer.load(path)
     except image_io.DataError as e:
@@ -544,33 +567,115 @@ def _label(image: np.ndarray, text: str) -> np.ndarray:
   return np.concatenate([np.asarray(bar), image], axis=0)
 
 
-def side_by_side(low: np.ndarray, enhanced: np.ndarray, high: np.ndarray, title: str,
-                 gap: int = 4) -> np.ndarray:
-  """One uint8 figure: low | enhanced | ground truth, with `title` above."""
-  sep = np.full((low.shape[0], gap, 3), 255, np.uint8)
-  row = np.concatenate([image_io.to_uint8(low), sep, image_io.to_uint8(enhanced), sep,
-                        image_io.to_uint8(high)], axis=1)
-  return _label(row, title)
+CAPTION_SIZE = 16  # pixels: the text of the contact sheet, shown at its own size
+SHEET_CELL = 320  # the width of each image of a contact sheet row
+SHEET_GAP = 6  # white pixels between the images, and between the rows
+SHEET_MAX_ROWS = 200  # more pairs: the sheet shows the first ones (figures/ has them all)
 
 
-def contact_sheet(figures: Sequence[np.ndarray], width: int = 900, columns: int = 2) -> np.ndarray:
-  """The figures scaled to a common width and laid out in a grid (uint8)."""
+def _font(size: int) -> Any:
+  """Pillow's own font at `size` pixels (the small fixed bitmap font without FreeType)."""
+  from PIL import ImageFont  # pylint: disable=g-import-not-at-top
+  try:
+    return ImageFont.load_default(size=size)
+  except (ImportError, OSError, TypeError, ValueError):
+    return ImageFont.load_default()
+
+
+def caption_bar(width: int, texts: Sequence[tuple[int, str]] | str, size: int = CAPTION_SIZE,
+                *, right: str = '', background: tuple[int, int, int] = (32, 32, 32),
+                color: tuple[int, int, int] = (255, 255, 255), center: int = 0) -> np.ndarray:
+  """A uint8 bar `width` pixels wide with text in a `size`-pixel font.
+
+  `texts` is one string (at the left), or `(x, text)` pairs; with `center` > 0 each text is
+  centred in the `center` pixels from its x. `right` is drawn at the right end, whole: a text
+  too long for the room left is cut with '...' (a long file name, not the scores after it).
+  """
+  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
+  font = _font(size)
+  pad = max(3, size // 3)
+  height = size + 2 * pad
+  bar = Image.new('RGB', (width, height), background)
+  draw = ImageDraw.Draw(bar)
+  if isinstance(texts, str):
+    texts = [(pad, texts)]
+  _, top, _, bottom = draw.textbbox((0, 0), 'Ag', font=font)  # one baseline for every text
+  y = (height - (bottom - top)) // 2 - top
+  end = width
+  if right:
+    end = max(pad, width - pad - int(draw.textlength(right, font=font)))
+    draw.text((end, y), right, fill=color, font=font)
+    end -= 2 * size  # a space before it
+  for x, text in texts:
+    room = (center or end - x) - pad
+    if draw.textlength(text, font=font) > room:
+      while text and draw.textlength(text + '...', font=font) > room:
+        text = text[:-1]
+      text += '...'
+    x_min, _, x_max, _ = draw.textbbox((0, 0), text, font=font)
+    x0 = x + (center - (x_max - x_min)) // 2 - x_min if center else x
+    draw.text((x0, y), text, fill=color, font=font)
+  return np.asarray(bar)
+
+
+def _fit_width(image: np.ndarray, width: int) -> np.ndarray:
+  """A uint8 image scaled to `width` pixels (its aspect kept)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  cell = width // columns
-  thumbs = []
-  for fig in figures:
-    scale = cell / fig.shape[1]
-    thumbs.append(np.asarray(Image.fromarray(fig).resize(
-        (cell, max(1, round(fig.shape[0] * scale))), Image.BILINEAR)))
-  rows = []
-  for i in range(0, len(thumbs), columns):
-    group = thumbs[i:i + columns]
-    height = max(t.shape[0] for t in group)
-    padded = [np.pad(t, ((0, height - t.shape[0]), (0, 0), (0, 0)), constant_values=255)
-              for t in group]
-    padded += [np.full((height, cell, 3), 255, np.uint8)] * (columns - len(group))
-    rows.append(np.concatenate(padded, axis=1))
-  return np.concatenate(rows, axis=0)
+  h, w = image.shape[:2]
+  if w == width:
+    return image
+  size = (width, max(1, round(h * width / w)))
+  return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
+
+
+def _row(images: Sequence[np.ndarray], gap: int) -> np.ndarray:
+  sep = np.full((images[0].shape[0], gap, 3), 255, np.uint8)
+  return np.concatenate(sum(([image, sep] for image in images), [])[:-1], axis=1)
+
+
+def _as_uint8(image: np.ndarray) -> np.ndarray:
+  """A uint8 image as it is; a float one in [0, 1] rounded (`image_io.to_uint8`)."""
+  image = np.asarray(image)
+  return image if image.dtype == np.uint8 else image_io.to_uint8(image)
+
+
+def side_by_side(low: np.ndarray, enhanced: np.ndarray, high: np.ndarray, title: str,
+                 gap: int = 4, *, scores: str = '') -> np.ndarray:
+  """One uint8 figure at full resolution: low | enhanced | ground truth (float in [0, 1] or
+  uint8), `title` above.
+
+  `scores` ends the bar, on the right. The font grows with the figure (1/60 of its width, 14 to
+  40 pixels), so the text reads at the size a viewer shows the whole figure.
+  """
+  row = _row([_as_uint8(x) for x in (low, enhanced, high)], gap)
+  size = min(40, max(14, row.shape[1] // 60))
+  return np.concatenate([caption_bar(row.shape[1], title, size, right=scores), row], axis=0)
+
+
+def triptych_row(low: np.ndarray, enhanced: np.ndarray, high: np.ndarray, caption: str, *,
+                 scores: str = '', cell: int = SHEET_CELL, gap: int = SHEET_GAP) -> np.ndarray:
+  """One row of a contact sheet: `caption` (and `scores` on the right) in a bar, then low |
+  enhanced | ground truth, each scaled to `cell` pixels of width (`3 * cell + 2 * gap` wide)."""
+  images = [_fit_width(_as_uint8(x), cell) for x in (low, enhanced, high)]
+  row = _row(images, gap)
+  return np.concatenate([caption_bar(row.shape[1], caption, right=scores), row], axis=0)
+
+
+def contact_sheet(rows: Sequence[np.ndarray], title: str = '', *, cell: int = SHEET_CELL,
+                  gap: int = SHEET_GAP) -> np.ndarray:
+  """The `triptych_row`s one under the other, under a header: `title` and the column names.
+
+  A white band of `gap` pixels separates the rows. The text keeps `CAPTION_SIZE` pixels: the
+  sheet is meant to be seen at its own size (`3 * cell + 2 * gap` pixels wide).
+  """
+  width = 3 * cell + 2 * gap
+  names = caption_bar(width, [(i * (cell + gap), name) for i, name in
+                              enumerate(('low', 'enhanced', 'ground truth'))],
+                      background=(255, 255, 255), color=(0, 0, 0), center=cell)
+  parts = ([caption_bar(width, title)] if title else []) + [names]
+  for row in rows:
+    parts += [np.full((gap, width, 3), 255, np.uint8), row]
+  return np.concatenate(parts, axis=0)
 
 
 SAMPLE_COLUMNS = ('low', 'student', 'teacher', 'high')
@@ -603,54 +708,193 @@ def sample_grid(examples: Sequence[Mapping[str, np.ndarray]], cell: int = 192,
   return np.concatenate(parts, axis=0)
 
 
-def evaluate_pairs(enhancer: Enhancer, low_dir: str, high_dir: str, output_dir: str, *,
-                   progress: bool = True) -> dict[str, Any]:
-  """PSNR and SSIM of the enhanced low images against their ground truth, per image and mean.
+METRICS_FILE = 'metrics.json'
+CONTACT_SHEET_FILE = 'contact_sheet.png'
+ENHANCED_DIR = 'enhanced'  # <output>/enhanced/<name>.png: the enhanced images
+FIGURES_DIR = 'figures'  # <output>/figures/<name>.png: low | enhanced | ground truth
 
-  Pairs are matched by file name (`low_dir/x.png` with `high_dir/x.png`). Writes
-  `output_dir/metrics.json`, a side-by-side figure per image (`figures/<name>.png`: low |
-  enhanced | ground truth, PSNR in the title) and `contact_sheet.png`. Metrics are computed on
-  the clipped output at full resolution with `losses.psnr` and `losses.ssim` (the definitions of
-  scikit-image). Returns the metrics dict.
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationJob:
+  """The pairs `run_evaluation` scores, checked by `plan_evaluation` before any model is loaded."""
+  low_dir: str
+  high_dir: str
+  output_dir: str
+  pairs: list[Any]  # `datasets.base.Item`s: name (the stem), low and high paths
+  skipped: dict[str, str]  # files left out for want of a partner (path -> reason)
+  skip_unpaired: bool = False
+
+  def targets(self) -> list[str]:
+    """Every file evaluate writes."""
+    return ([os.path.join(self.output_dir, name) for name in (METRICS_FILE, CONTACT_SHEET_FILE)]
+            + [os.path.join(self.output_dir, folder, item.name + '.png')
+               for folder in (ENHANCED_DIR, FIGURES_DIR) for item in self.pairs])
+
+
+def plan_evaluation(low_dir: str, high_dir: str, output_dir: str, *,
+                    skip_unpaired: bool = False) -> EvaluationJob:
+  """The pairs of `low_dir` and `high_dir`, checked without the model, and the files to write.
+
+  Low and ground-truth images are paired by name without the extension (`low/x.png` with
+  `high/x.jpg`). Every problem with the data is reported at once, in one `DataError` that lists
+  them: a missing or empty folder; a file without a partner (with `skip_unpaired`, such files
+  are left out instead and listed in `skipped`; an error if no pair is left); two files of one
+  folder with the same name; an image that does not decode (each is decoded here, in threads);
+  a pair of different sizes. Then the output is checked: `output_dir` may not be either input
+  folder or inside one, and no file there is replaced unless evaluate wrote it
+  (`check_targets`).
   """
-  from crnet_jax import losses  # pylint: disable=g-import-not-at-top
   from crnet_jax.datasets import base  # pylint: disable=g-import-not-at-top
-  items = base.pair_files(base.list_image_files(low_dir, what='low folder'),
-                          base.list_image_files(high_dir, what='ground-truth folder'))
+  folders = {'low': (low_dir, 'low folder'), 'high': (high_dir, 'ground-truth folder')}
+  files, problems = {}, []
+  for key, (folder, what) in folders.items():
+    try:
+      files[key] = base.list_image_files(folder, what=what)
+    except image_io.DataError as e:
+      problems.append(str(e))
+  base.raise_problems(problems)
+  low_dir, high_dir = base.expand(low_dir), base.expand(high_dir)
+  by_name = {}
+  for key, (_, what) in folders.items():
+    index = {}
+    for path in files[key]:
+      name = base.stem(path)
+      if name in index:
+        problems.append(f'{path}: same name as {index[name]} in the {what} (pairs are matched '
+                        'by the name without its extension); rename or move one')
+      else:
+        index[name] = path
+    by_name[key] = index
+  lows, highs = by_name['low'], by_name['high']
+  unpaired = {path: f'{path}: no ground truth named {name}.* in {high_dir}'
+              for name, path in lows.items() if name not in highs}
+  unpaired.update({path: f'{path}: no low image named {name}.* in {low_dir}'
+                   for name, path in highs.items() if name not in lows})
+  pairs = [base.Item(name=name, low=lows[name], high=highs[name])
+           for name in sorted(set(lows) & set(highs), key=base.natural_key)]
+  if skip_unpaired and not pairs:
+    problems.append(f'{low_dir}: no low image has a ground truth of the same name in '
+                    f'{high_dir}: nothing to score')
+
+  def check(item):
+    try:
+      low = image_io.load_image_native(item.low)
+      high_shape = image_io.load_image_native(item.high).shape
+    except image_io.DataError as e:
+      return str(e)
+    if low.shape != high_shape:
+      return (f'{item.low}: size {low.shape[0]}x{low.shape[1]} (HxW) differs from its ground '
+              f'truth {item.high}: {high_shape[0]}x{high_shape[1]}')
+    return None
+
+  problems += [p for p in base.parallel_map(check, pairs) if p]
+  if unpaired and not skip_unpaired:
+    hint = '--skip_unpaired scores only the pairs'
+    header = (f'{len(unpaired)} file(s) without a partner of the same name ({hint})'
+              if not problems else
+              f'{len(unpaired) + len(problems)} problems with the evaluation data ({hint})')
+    base.raise_problems(list(unpaired.values()) + problems, header)
+  base.raise_problems(problems)
+  output_dir = base.expand(output_dir)
   check_output_folder(output_dir, [low_dir], 'low folder')
   check_output_folder(output_dir, [high_dir], 'ground-truth folder')
-  check_targets([os.path.join(output_dir, 'metrics.json'),
-                 os.path.join(output_dir, 'contact_sheet.png')]
-                + [os.path.join(output_dir, 'figures', item.name + '.png') for item in items],
-                [item.low for item in items] + [item.high for item in items])
-  os.makedirs(os.path.join(output_dir, 'figures'), exist_ok=True)
-  per_image, figures = [], []
-  for item in tqdm.tqdm(items, desc='evaluate', unit='img', disable=not progress):
+  job = EvaluationJob(low_dir, high_dir, output_dir, pairs,
+                      unpaired if skip_unpaired else {}, skip_unpaired)
+  check_targets(job.targets(), [item.low for item in pairs] + [item.high for item in pairs])
+  return job
+
+
+def model_fields(model: models.CRNet) -> dict[str, Any]:
+  """The model config's fields (`configs/default.py`) of a CRNet module."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  fields = {}
+  for key in default.get_model_config().keys():
+    value = getattr(model, key)
+    fields[key] = jnp.dtype(value).name if key == 'dtype' else value
+  return fields
+
+
+def evaluate_pairs(enhancer: Enhancer, low_dir: str, high_dir: str, output_dir: str, *,
+                   skip_unpaired: bool = False, progress: bool = True,
+                   model: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """PSNR and SSIM of the enhanced low images against their ground truth, per image and mean.
+
+  `plan_evaluation` (pairs by name, every check) then `run_evaluation` (what is written).
+  """
+  job = plan_evaluation(low_dir, high_dir, output_dir, skip_unpaired=skip_unpaired)
+  return run_evaluation(enhancer, job, progress=progress, model=model)
+
+
+def _scores(record: Mapping[str, Any]) -> str:
+  return (f'PSNR {record["psnr"]:.2f} dB   SSIM {record["ssim"]:.4f}   (input '
+          f'{record["input_psnr"]:.2f} dB, {record["input_ssim"]:.4f})')
+
+
+def run_evaluation(enhancer: Enhancer, job: EvaluationJob, *, progress: bool = True,
+                   model: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """Scores the pairs of `job` (`plan_evaluation`) and writes into `job.output_dir`:
+
+  - `enhanced/<name>.png`: each enhanced image (8 bits);
+  - `figures/<name>.png`: low | enhanced | ground truth at full resolution, with the scores;
+  - `contact_sheet.png`: one row per pair (the first `SHEET_MAX_ROWS`), low | enhanced |
+    ground truth scaled to `SHEET_CELL` pixels, under a caption with the file name and scores;
+  - `metrics.json`: `model` (`model`, e.g. `export.load_model_and_origin`'s origin, with
+    `config`, the model fields), `data` (the folders, `skip_unpaired`), `num_images`, `mean`,
+    `images` (per pair: name, file names, PSNR, SSIM, the input's own PSNR and SSIM), `scored`
+    (the low files' names) and `skipped` (file and reason).
+
+  PSNR and SSIM (`losses.psnr`, `losses.ssim`: scikit-image's definitions) are computed on the
+  clipped output at full resolution, before the rounding to 8 bits of the saved image. Returns
+  the content of metrics.json (less its `written_by` mark).
+  """
+  from crnet_jax import losses  # pylint: disable=g-import-not-at-top
+  out = job.output_dir
+  for folder in (ENHANCED_DIR, FIGURES_DIR):
+    os.makedirs(os.path.join(out, folder), exist_ok=True)
+  per_image, rows = [], []
+  for item in track(job.pairs, 'evaluate', enabled=progress):
     low, high = image_io.load_image(item.low), image_io.load_image(item.high)
-    if low.shape != high.shape:
+    if low.shape != high.shape:  # changed since `plan_evaluation`
       raise image_io.DataError(f'{item.low}: size {low.shape[:2]} differs from its ground truth '
                                f'{item.high} {high.shape[:2]}')
     enhanced = enhancer(low)
     record = {'name': item.name,
+              'low': os.path.basename(item.low),
+              'high': os.path.basename(item.high),
+              'enhanced': f'{ENHANCED_DIR}/{item.name}.png',
               'psnr': float(losses.psnr(enhanced, high)),
               'ssim': float(losses.ssim(enhanced, high)),
               'input_psnr': float(losses.psnr(low, high)),
               'input_ssim': float(losses.ssim(low, high))}
     per_image.append(record)
-    figure = side_by_side(low, enhanced, high, f'{item.name}: PSNR {record["psnr"]:.2f} dB, '
-                          f'SSIM {record["ssim"]:.4f} (input {record["input_psnr"]:.2f} dB)')
-    image_io.save_image(os.path.join(output_dir, 'figures', item.name + '.png'), figure / 255.0)
-    figures.append(figure)
+    image_io.save_image(os.path.join(out, ENHANCED_DIR, item.name + '.png'), enhanced)
+    scores = _scores(record)
+    image_io.save_image(os.path.join(out, FIGURES_DIR, item.name + '.png'),
+                        side_by_side(low, enhanced, high, record['low'], scores=scores))
+    if len(rows) < SHEET_MAX_ROWS:
+      rows.append(triptych_row(low, enhanced, high, record['low'], scores=scores))
   keys = ('psnr', 'ssim', 'input_psnr', 'input_ssim')
-  result = {'num_images': len(per_image),
-            'mean': {k: float(np.mean([r[k] for r in per_image])) for k in keys},
-            'images': per_image}
+  mean = {k: float(np.mean([r[k] for r in per_image])) for k in keys}
+  result = {
+      'model': {**(model or {}),
+                'config': dict((model or {}).get('config') or model_fields(enhancer.model))},
+      'data': {'low_dir': job.low_dir, 'high_dir': job.high_dir,
+               'skip_unpaired': job.skip_unpaired},
+      'num_images': len(per_image),
+      'mean': mean,
+      'images': per_image,
+      'scored': [r['low'] for r in per_image],
+      'skipped': [{'file': path, 'reason': reason} for path, reason in job.skipped.items()],
+  }
 
   def write_metrics(tmp):
     with open(tmp, 'w') as f:
       json.dump({**result, 'written_by': image_io.OUTPUT_MARK}, f, indent=2)
 
-  image_io.write_atomically(os.path.join(output_dir, 'metrics.json'), write_metrics)
-  image_io.save_image(os.path.join(output_dir, 'contact_sheet.png'),
-                      contact_sheet(figures) / 255.0)
+  image_io.write_atomically(os.path.join(out, METRICS_FILE), write_metrics)
+  shown = (f', the first {len(rows)} shown (all in {FIGURES_DIR}/)'
+           if len(rows) < len(per_image) else '')
+  title = (f'Mean over {len(per_image)} pairs{shown}: PSNR {mean["psnr"]:.2f} dB, SSIM '
+           f'{mean["ssim"]:.4f} (input {mean["input_psnr"]:.2f} dB, {mean["input_ssim"]:.4f})')
+  image_io.save_image(os.path.join(out, CONTACT_SHEET_FILE), contact_sheet(rows, title))
   return result

@@ -82,6 +82,8 @@ from crnet_jax import input_pipeline
 from crnet_jax import logs
 from crnet_jax import losses
 from crnet_jax import models
+from crnet_jax.progress import Progress
+from crnet_jax.progress import format_duration as _format_duration
 
 Array = jax.Array
 PyTree = Any
@@ -624,13 +626,6 @@ def _nbytes(tree: PyTree) -> int:
   return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
 
-def _format_duration(seconds: float) -> str:
-  seconds = max(0, int(round(seconds)))
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f'{h}h{m:02d}m{s:02d}s' if h else (f'{m}m{s:02d}s' if m else f'{s}s')
-
-
 def evaluation_steps(first: int, last: int, eval_every: int, total_steps: int) -> int:
   """How many of the steps `first..last` evaluate: every `eval_every`-th (0: none) and the last."""
   if last < first:
@@ -639,58 +634,6 @@ def evaluation_steps(first: int, last: int, eval_every: int, total_steps: int) -
   if first <= total_steps <= last and not (eval_every > 0 and total_steps % eval_every == 0):
     n += 1
   return n
-
-
-class Progress:
-  """Steps/s of the train steps alone, and an ETA that adds the evaluations still to come.
-
-  `log(step, now)` closes the interval since the previous log. Its reported rate is its steps over
-  its time less the evaluations and checkpoint saves in it (`busy`). The ETA's rate comes from the
-  intervals that held neither an evaluation nor a save (nor the first step, which compiles); the
-  remaining evaluations are priced at their measured duration (the first one, which compiles, only
-  when it is the only one measured). So the ETA does not jump after each evaluation.
-  """
-
-  def __init__(self, start_step: int, total_steps: int, now: float,
-               evaluations_left: Callable[[int], int]):
-    self.total_steps = total_steps
-    self.evaluations_left = evaluations_left  # step -> evaluations at steps >= step
-    self._step, self._time = start_step, now
-    self._busy, self._clean = 0.0, False  # the first interval compiles: not clean
-    self._rate_steps, self._rate_time = 0, 0.0  # clean intervals
-    self._train_steps, self._train_time = 0, 0.0  # every interval but the first, less busy time
-    self._first = True
-    self.eval_seconds: list[float] = []
-
-  def busy(self, seconds: float, evaluation: bool = False) -> None:
-    """An evaluation or a checkpoint save of `seconds` happened in the current interval."""
-    self._busy += max(0.0, seconds)
-    self._clean = False
-    if evaluation:
-      self.eval_seconds.append(seconds)
-
-  def log(self, step: int, now: float) -> tuple[float, float]:
-    """(steps/s of the train steps since the last log, seconds left), and a new interval."""
-    steps = step - self._step
-    train_time = max(now - self._time - self._busy, 1e-9)
-    rate = steps / train_time
-    if self._clean:
-      self._rate_steps += steps
-      self._rate_time += now - self._time
-    if not self._first:
-      self._train_steps += steps
-      self._train_time += train_time
-    if self._rate_steps:
-      steady = self._rate_steps / max(self._rate_time, 1e-9)
-    elif self._train_steps:
-      steady = self._train_steps / max(self._train_time, 1e-9)
-    else:
-      steady = rate
-    evals = self.eval_seconds[1:] or self.eval_seconds
-    per_eval = sum(evals) / len(evals) if evals else 0.0
-    left = (self.total_steps - step) / max(steady, 1e-9) + per_eval * self.evaluations_left(step)
-    self._step, self._time, self._busy, self._clean, self._first = step, now, 0.0, True, False
-    return rate, left
 
 
 def _import_tensorboardx():
