@@ -14,7 +14,7 @@ Each file's docstring has the commands and the expected results.
   configs/mcmt.py   MCMT, 10% labels. Table 2 rows: ours- (gamma 0), ours (default).
                     Sizes: demo, test.
   configs/lol.py    LOL v1 (--config.data.lol_dir=DIR), one arm (required): few, full, mcmt,
-                    mcmt-, mcmt_real. Sizes: none (GPU, the paper's schedule), cpu, test.
+                    mcmt-, mcmt_real. Sizes: none (GPU, the paper's schedule), cpu, cpu_wide, test.
   configs/study.py  the label-efficiency study, one run (required): crnet100, crnet10, mcmt10-,
                     mcmt10, mcmt10_real, rn, mrn, mrn+, crnet-. Sizes: none (GPU), half, small,
                     cpu.
