@@ -6,14 +6,16 @@ r"""Entry point: train, enhance, evaluate and export CRNet.
   python main.py --mode=export --workdir=RUN --output=exported/
   python main.py --mode=config --config=configs/mcmt.py:demo   # print the resolved config, exit
 
-Configs: `--config=FILE[:ARG]`, ARG comma-separated (at most one row, arm or run, and one size).
-Each file's docstring has the commands and the expected results.
+Configs: `--config=FILE[:ARG]`, ARG comma-separated (at most one row, arm or run, and one size;
+the sizes' values are in configs/common.py). Each file's docstring has the commands and the
+expected results.
   configs/crnet.py  supervised CRNet, 100% labels. Table 2 rows: rn, mrn, mrn+, crnet-, crnet
                     (default), crnet10 (10% labels). Sizes: demo (CPU, about 2 min), test (tiny).
   configs/mcmt.py   MCMT, 10% labels. Table 2 rows: ours- (gamma 0), ours (default).
                     Sizes: demo, test.
   configs/lol.py    LOL v1 (--config.data.lol_dir=DIR), one arm (required): few, full, mcmt,
-                    mcmt-, mcmt_real. Sizes: none (GPU, the paper's schedule), cpu, test.
+                    mcmt-, mcmt_real. Sizes: none (GPU, the paper's schedule), cpu, cpu_wide,
+                    test.
   configs/study.py  the label-efficiency study, one run (required): crnet100, crnet10, mcmt10-,
                     mcmt10, mcmt10_real, rn, mrn, mrn+, crnet-. Sizes: none (GPU), half, small,
                     cpu.
