@@ -1,7 +1,7 @@
 r"""CRNet and MCMT on LOL v1 (485 train / 15 test pairs), the paper's dataset: one arm per run.
 
 The data path is an argument (`--config.data.lol_dir`): the folder holding `our485/` and
-`eval15/` (each with `low/` and `high/`), or a folder written by `benchmarks/lol.py pack`.
+`eval15/` (each with `low/` and `high/`), or a folder written by `experiments/lol/lol.py pack`.
 
   python main.py --config=configs/lol.py:few --workdir=runs/lol/few \
       --config.data.lol_dir=/path/to/LOL
@@ -27,14 +27,14 @@ Arguments (comma-separated, `--config=configs/lol.py:few,test`): one arm and at 
     8 labeled (+ 8 unlabeled) patches per step, 4,000 steps for every arm (about 22 epochs:
     49 * 30 // 8 = 183 steps per epoch at 10%, 485 * 3 // 8 = 181 at 100%), Adam 2e-3 halved
     at epochs 11 and 16.4 (steps ~2,000 and ~3,000), evaluation every ~500 steps. Meant for LOL
-    at half resolution (`benchmarks/lol.py pack --scale 0.5`), where 4,000 steps are 11 passes
+    at half resolution (`experiments/lol/lol.py pack --scale 0.5`), where 4,000 steps are 11 passes
     over the 49 labeled pairs.
   - `cpu_wide`: as `cpu` with twice the features (C 32: 343k parameters against 89k), to test
     whether the gap between 10% and 100% of the labels grows with the network's capacity.
   - `test`: tiny (features 4, 2 groups x 1 recurrence x 1 block, 16x16 patches, 3 steps), for the
     tests.
 
-Expected (the `few` arm at the default size on one H200, `benchmarks/lol_gpu.sh`): the README's
+Expected (the `few` arm at the default size on one H200, `experiments/lol/lol_gpu.sh`): the README's
 "Results on LOL v1" table gives the measured figure next to the paper's.
 """
 

@@ -1,13 +1,13 @@
 r"""The runs of the label-efficiency study: few labels + unlabeled photos vs. labels.
 
-Every run trains on synthetic low/normal pairs made by `benchmarks/study.py prepare` from 532
+Every run trains on synthetic low/normal pairs made by `experiments/study/main.py prepare` from 532
 clean photos (CBSD432 + SunHays80 + Urban100_sub20, darkened by `crnet_jax/datasets/degrade.py`)
 and evaluates during training on the 68 CBSD68 photos darkened the same way (the `paired_folders`
 dataset with separate test folders). `docs/study.md` gives the commands; in short:
 
-  python benchmarks/study.py prepare --sources /data/study_sources    # -> study_data/
+  python experiments/study/main.py prepare --sources /data/study_sources    # -> study_data/
   python main.py --config=configs/study.py:mcmt10 --workdir=runs/study/mcmt10
-  python benchmarks/study.py run --runs crnet10,mcmt10 --budget_minutes 9  # resumable
+  python experiments/study/main.py run --runs crnet10,mcmt10 --budget_minutes 9  # resumable
 
 Arguments (comma-separated, `--config=configs/study.py:cpu,mcmt10`): one run and at most one size.
 
@@ -43,11 +43,12 @@ split) and the same number of steps: an "epoch" is made the same number of steps
 taking `patches_per_image = 3` patches per photo and epoch in the 100%-label runs and 30 (the
 paper's) in the 10%-label runs. With the 532 study photos that is 532 * 3 // 16 = 99 steps for
 100% and 53 * 30 // 16 = 99 steps for 10% (53 labeled photos), so 100 epochs are 9,900 steps for
-every run (`benchmarks/study.py run` prints the plan and says if the steps ever differ). All runs
-see 16 labeled patches per step; MCMT adds 16 unlabeled ones, as in configs/mcmt.py.
+every run (`experiments/study/main.py run` prints the plan and says if the steps ever differ).
+All runs see 16 labeled patches per step; MCMT adds 16 unlabeled ones, as in configs/mcmt.py.
 
 `study_dir` (a top-level field; `--config.study_dir=/abs/path`) is the folder written by
-`benchmarks/study.py prepare`; every data path (and the TFDS cache, `study_dir/tfds`) follows it.
+`experiments/study/main.py prepare`; every data path (and the TFDS cache, `study_dir/tfds`)
+follows it.
 `run_name` records the run for the report.
 """
 
@@ -69,7 +70,7 @@ RUNS = {
     'mrn+': ('supervised', 1.0, crnet.ROWS['mrn+'], False),
     'crnet-': ('supervised', 1.0, crnet.ROWS['crnet-'], False),
 }
-# The order in which `benchmarks/study.py run` trains them: the claim first, ablations last.
+# The order in which `experiments/study/main.py run` trains them: the claim first, ablations last.
 CORE_RUNS = ('crnet10', 'mcmt10', 'mcmt10-', 'crnet100', 'mcmt10_real')
 ABLATION_RUNS = ('rn', 'mrn', 'mrn+', 'crnet-')
 # Size argument -> its entry in common.SIZES.
@@ -80,7 +81,7 @@ SEED = 0
 STUDY_DIR = 'study_data'  # relative to the working directory (the repo root for main.py)
 REFERENCE_LABEL_FRACTION = 0.1  # the runs with few labels take `PATCHES_PER_IMAGE` per photo
 PATCHES_PER_IMAGE = 30  # the paper's, for the 10% runs (3 for the 100% runs)
-# Subfolders of `study_dir` written by `benchmarks/study.py prepare`.
+# Subfolders of `study_dir` written by `experiments/study/main.py prepare`.
 TRAIN = 'train'  # train/{low,high}: 532 synthetic pairs
 TEST = 'cbsd68'  # cbsd68/{low,high}: 68 synthetic pairs
 REAL_DARK = ('real_dark/dicm', 'real_dark/lime', 'real_dark/lol_low')

@@ -1,4 +1,4 @@
-"""The label-efficiency study (configs/study.py, benchmarks/study.py) end to end at CPU scale.
+"""The label-efficiency study (configs/study.py, experiments/study/main.py) end to end at CPU scale.
 
 A tiny copy of the sources layout (docs/data.md) is generated in tmp_path (never the real data):
 a few small photos for BSDS500 (with its id lists), SunHays80 and Urban100_sub20, the LOL 778
@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from benchmarks import study
+from experiments.study import main as study
 from configs import study as study_config
 from crnet_jax import image_io
 from crnet_jax.datasets import degrade

@@ -2,13 +2,15 @@ r"""The label-efficiency study on LOL v1: every arm of `configs/lol.py` over sev
 
   # plan: the runs, and the time they should take from a measured step time (a short probe per
   # method, unless a run already measured it); nothing is trained.
-  python benchmarks/lol_study.py plan --lol_dir lol_half --size cpu --arms few,full --seeds 0,1,2
+  python experiments/lol/lol_study.py plan --lol_dir lol_half --size cpu --arms few,full \
+      --seeds 0,1,2
   # run: trains what is missing (resumable: a rerun continues every unfinished run from its last
   # checkpoint), --parallel runs side by side, new runs start only within --budget_minutes.
-  python benchmarks/lol_study.py run --lol_dir lol_half --size cpu --arms few,full --seeds 0,1,2
+  python experiments/lol/lol_study.py run --lol_dir lol_half --size cpu --arms few,full \
+      --seeds 0,1,2
   # report: the table (mean +- std over seeds, paired differences, the share of the few -> full
   # gap that MCMT closes), per run and per arm, at the last step; the PSNR-vs-step curves.
-  python benchmarks/lol_study.py report --work runs/lol_cpu --out docs/lol_cpu
+  python experiments/lol/lol_study.py report --work runs/lol_cpu --out docs/lol_cpu
 
 A seed sets `config.seed` and `config.data.seed`: the initialisation, the label split and the data
 order. Every arm of one seed has the same labeled pairs and the same number of steps. `mcmt_real`
@@ -29,13 +31,13 @@ import sys
 import time
 from typing import Any, Sequence
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
 import numpy as np  # noqa: E402
 
-from benchmarks import study  # noqa: E402  (metrics.jsonl readers, the line chart)
+from experiments.study import main as study  # noqa: E402  (metrics.jsonl readers, the line chart)
 from configs import lol as lol_configs  # noqa: E402
 
 COLORS = {'few': (200, 60, 40), 'full': (40, 40, 40), 'mcmt': (30, 90, 200),
