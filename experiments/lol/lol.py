@@ -44,7 +44,7 @@ if REPO not in sys.path:
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from experiments.study import main as study  # noqa: E402  (its metrics.jsonl reader)
+from experiments.study import shared as study_shared  # noqa: E402  (metrics.jsonl reader)
 from configs import lol as lol_configs  # noqa: E402
 from crnet_jax import datasets  # noqa: E402
 from crnet_jax import image_io  # noqa: E402
@@ -152,7 +152,7 @@ def cmd_baseline(args) -> dict[str, Any]:
 
 def _test_metrics(workdir: str, step: int) -> dict[str, float]:
   """The `test` record of `step` in the run's metrics.jsonl ({} if none)."""
-  found = next((r for r in study.eval_curve(workdir) if int(r['step']) == step), {})
+  found = next((r for r in study_shared.eval_curve(workdir) if int(r['step']) == step), {})
   return {k: v for k, v in found.items() if k.endswith(('_psnr', '_ssim')) or k == 'num_images'}
 
 
