@@ -53,9 +53,7 @@ def read_ids(path: str) -> list[str]:
 def save_png(path: str, image: np.ndarray) -> None:
   """Writes a uint8 image as PNG atomically (a killed prepare leaves no half-written file)."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + '.tmp'
-  Image.fromarray(image).save(tmp, format='PNG')
-  os.replace(tmp, path)
+  image_io.write_atomically(path, lambda tmp: Image.fromarray(image).save(tmp, format='PNG'))
 
 
 def parse_overrides(items: Sequence[str]) -> list[tuple[str, str]]:
