@@ -258,8 +258,8 @@ def main(argv):
       print(e, file=sys.stderr, flush=True)
       sys.exit(e.exit_code)
     # One line for every error: bad input or config value, a missing, unwritable or full path,
-    # a non-finite loss, a checkpoint that does not fit (README.md, "Many hosts, kills, bad
-    # inputs" lists the outcomes). Our own errors name the file or key first; anything else is
+    # a non-finite loss, a checkpoint that does not fit (docs/reliability.md, "Bad inputs:
+    # outcomes" lists them). Our own errors name the file or key first; anything else is
     # prefixed with its type. The traceback only with $CRNET_TRACEBACK.
     if want_traceback():
       raise

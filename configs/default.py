@@ -54,7 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.unlabeled_batch_size = 16  # unlabeled patches per step (MCMT only)
   config.data.label_fraction = 1.0  # fraction of the paired train images that keep labels
   # What an epoch's length counts: 'labeled' images (patches_per_image patches of each per epoch)
-  # or 'all' train pairs, labeled or not (README, "Choices the paper leaves open").
+  # or 'all' train pairs, labeled or not (docs/model.md, "Choices the paper leaves open").
   config.data.epoch_images = 'labeled'
   config.data.eval_batch_size = 4
   config.data.num_workers = 0  # grain worker processes (0 = load in the main process)

@@ -34,8 +34,8 @@ Arguments (comma-separated, `--config=configs/lol.py:few,test`): one arm and at 
   - `test`: tiny (features 4, 2 groups x 1 recurrence x 1 block, 16x16 patches, 3 steps), for the
     tests.
 
-Expected (the `few` arm at the default size on one H200, `experiments/lol/lol_gpu.sh`): the README's
-"Results on LOL v1" table gives the measured figure next to the paper's.
+Expected (the `few` arm at the default size on one H200, `experiments/lol/lol_gpu.sh`): the
+README's "Results on LOL v1" table gives the measured figure next to the paper's.
 """
 
 import ml_collections
