@@ -2,19 +2,20 @@ r"""Entry point: train, enhance, evaluate and export CRNet.
 
   python main.py --config=configs/mcmt.py --workdir=RUN                      # train (resumes)
   python main.py --mode=enhance --workdir=RUN --input=photos/ --output=out/  # PNGs, same names
-  python main.py --mode=evaluate --workdir=RUN --low_dir=L --high_dir=H --output=eval/ \
-      [--skip_unpaired]   # metrics.json, enhanced/, figures/, contact_sheet.png
+  python main.py --mode=evaluate --workdir=RUN --low_dir=L --high_dir=H --output=eval/
   python main.py --mode=export --workdir=RUN --output=exported/
   python main.py --mode=config --config=configs/mcmt.py:demo   # print the resolved config, exit
 
-Configs: `--config=FILE[:ARG]`, ARG comma-separated (at most one row, arm or run, and one size).
-Each file's docstring has the commands and the expected results.
+Configs: `--config=FILE[:ARG]`, ARG comma-separated (at most one row, arm or run, and one size;
+the sizes' values are in configs/common.py). Each file's docstring has the commands and the
+expected results.
   configs/crnet.py  supervised CRNet, 100% labels. Table 2 rows: rn, mrn, mrn+, crnet-, crnet
                     (default), crnet10 (10% labels). Sizes: demo (CPU, about 2 min), test (tiny).
   configs/mcmt.py   MCMT, 10% labels. Table 2 rows: ours- (gamma 0), ours (default).
                     Sizes: demo, test.
   configs/lol.py    LOL v1 (--config.data.lol_dir=DIR), one arm (required): few, full, mcmt,
-                    mcmt-, mcmt_real. Sizes: none (GPU, the paper's schedule), cpu, cpu_wide, test.
+                    mcmt-, mcmt_real. Sizes: none (GPU, the paper's schedule), cpu, cpu_wide,
+                    test.
   configs/study.py  the label-efficiency study, one run (required): crnet100, crnet10, mcmt10-,
                     mcmt10, mcmt10_real, rn, mrn, mrn+, crnet-. Sizes: none (GPU), half, small,
                     cpu.
@@ -66,19 +67,13 @@ flags.DEFINE_enum('mode', 'train', ['train', 'enhance', 'evaluate', 'export', 'c
                   'folder; export it (inference checkpoint and jax.export serialization); '
                   'config: print the resolved config (JSON) and exit.')
 flags.DEFINE_string('input', None, 'enhance: an image file or a folder of images.')
-flags.DEFINE_string('output', None, 'enhance: the output folder (or, for one input file, an '
-                    'image file name such as x.png); evaluate: the folder for metrics.json, '
-                    'enhanced/, figures/ and contact_sheet.png; export: a new or empty folder.')
+flags.DEFINE_string('output', None, 'enhance/evaluate/export: the output folder.')
 flags.DEFINE_enum('params', 'student', ['student', 'teacher'],
                   'enhance/evaluate/export: which parameters of an MCMT run to use.')
 flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'],
                   'enhance/evaluate/export: the best (by test PSNR) or the latest checkpoint.')
 flags.DEFINE_string('low_dir', None, 'evaluate: folder of low-light images.')
 flags.DEFINE_string('high_dir', None, 'evaluate: folder of ground truths with the same names.')
-flags.DEFINE_bool('skip_unpaired', False,
-                  'evaluate: score only the images that have a partner of the same name in the '
-                  'other folder (the others are listed as skipped in metrics.json); without it, '
-                  'files without a partner are an error that lists them.')
 flags.DEFINE_string('coordinator_address', os.environ.get('JAX_COORDINATOR_ADDRESS', ''),
                     'host:port of process 0, for multi-process runs.')
 flags.DEFINE_integer('num_processes', int(os.environ.get('JAX_NUM_PROCESSES', '1')),
@@ -138,8 +133,13 @@ def _train(config, workdir: str):
   return train.train_and_evaluate(config, workdir)
 
 
-def _model_path() -> str:
-  """--workdir, or the model shipped in models/ (a usage error when there is none)."""
+def _inference_setup(config):
+  """The Enhancer of --workdir's parameters, the model config, and which parameters (logged)."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from crnet_jax import export  # pylint: disable=g-import-not-at-top
+  from crnet_jax import inference  # pylint: disable=g-import-not-at-top
+  tiling = inference.TilingConfig.from_config(
+      (config or default.get_config()).inference)
   from crnet_jax import release  # pylint: disable=g-import-not-at-top
   path = FLAGS.workdir or release.shipped_model()
   if not path:
@@ -147,24 +147,10 @@ def _model_path() -> str:
         f'--mode={FLAGS.mode} needs --workdir (a training run, an export or a release): this '
         f'copy of the repository ships no model in {release.MODELS_DIR}; train one '
         '(README, "Training") or pass a released model folder')
-  return path
-
-
-def _inference_setup(config, path: str):
-  """The Enhancer of `path`'s parameters, the model config, and their origin (logged).
-
-  The origin is `export.load_model_and_origin`'s: path, kind, step, checkpoint, student or
-  teacher, and the one line `source` that is logged.
-  """
-  from configs import default  # pylint: disable=g-import-not-at-top
-  from crnet_jax import export  # pylint: disable=g-import-not-at-top
-  from crnet_jax import inference  # pylint: disable=g-import-not-at-top
-  tiling = inference.TilingConfig.from_config(
-      (config or default.get_config()).inference)
-  model, params, model_config, origin = export.load_model_and_origin(
+  model, params, model_config, source = export.load_model_and_source(
       path, FLAGS.params, FLAGS.checkpoint)
-  logging.info('Parameters: %s', origin['source'])
-  return inference.Enhancer(model, params, tiling), model_config, origin
+  logging.info('Parameters: %s', source)
+  return inference.Enhancer(model, params, tiling), model_config, source
 
 
 def _need(*names: str) -> None:
@@ -177,10 +163,8 @@ def _enhance(config, workdir: str):
   del workdir
   _need('input', 'output')
   from crnet_jax import inference  # pylint: disable=g-import-not-at-top
-  path = _model_path()
-  job = inference.plan_enhance(FLAGS.input, FLAGS.output)  # inputs and outputs first
-  enhancer, _, _ = _inference_setup(config, path)
-  report = inference.run_enhance(enhancer, job)
+  enhancer, _, _ = _inference_setup(config)
+  report = inference.enhance_paths(enhancer, FLAGS.input, FLAGS.output)
   logging.info('Wrote %d image(s) to %s; %d failed.', len(report['written']), FLAGS.output,
                len(report['failed']))
   return report
@@ -190,16 +174,8 @@ def _evaluate(config, workdir: str):
   del workdir
   _need('low_dir', 'high_dir', 'output')
   from crnet_jax import inference  # pylint: disable=g-import-not-at-top
-  path = _model_path()
-  # Every data problem (folders, pairs, unreadable images) and the output before the checkpoint.
-  job = inference.plan_evaluation(FLAGS.low_dir, FLAGS.high_dir, FLAGS.output,
-                                  skip_unpaired=FLAGS.skip_unpaired)
-  if job.skipped:
-    logging.warning('Skipping %d file(s) without a partner (--skip_unpaired):\n  %s',
-                    len(job.skipped), '\n  '.join(job.skipped.values()))
-  enhancer, model_config, origin = _inference_setup(config, path)
-  result = inference.run_evaluation(enhancer, job,
-                                    model={**origin, 'config': model_config.to_dict()})
+  enhancer, _, _ = _inference_setup(config)
+  result = inference.evaluate_pairs(enhancer, FLAGS.low_dir, FLAGS.high_dir, FLAGS.output)
   logging.info('Mean over %d images: PSNR %.3f dB, SSIM %.4f (input %.3f dB, %.4f); see %s',
                result['num_images'], result['mean']['psnr'], result['mean']['ssim'],
                result['mean']['input_psnr'], result['mean']['input_ssim'], FLAGS.output)
@@ -210,18 +186,11 @@ def _export(config, workdir: str):
   del workdir
   _need('output')
   from crnet_jax import export  # pylint: disable=g-import-not-at-top
-  from crnet_jax import progress  # pylint: disable=g-import-not-at-top
   export.check_export_folder(FLAGS.output)  # before loading anything
-  model_path = _model_path()
-  with progress.Bar('export', 3) as bar:  # load, inference checkpoint, jax.export
-    enhancer, model_config, origin = _inference_setup(config, model_path)
-    bar.update()
-    path = export.save_inference_checkpoint(FLAGS.output, enhancer.params, model_config,
-                                            origin['source'], origin)
-    bar.update()
-    serialized = os.path.join(path, export.SERIALIZED_FILE)
-    export.export_enhance_function(serialized, enhancer.model, enhancer.params)
-    bar.update()
+  enhancer, model_config, source = _inference_setup(config)
+  path = export.save_inference_checkpoint(FLAGS.output, enhancer.params, model_config, source)
+  serialized = os.path.join(path, export.SERIALIZED_FILE)
+  export.export_enhance_function(serialized, enhancer.model, enhancer.params)
   logging.info('Exported the %s parameters to %s (orbax + %s) and %s', FLAGS.params, path,
                export.MODEL_CONFIG_FILE, serialized)
   return path
@@ -289,8 +258,8 @@ def main(argv):
       print(e, file=sys.stderr, flush=True)
       sys.exit(e.exit_code)
     # One line for every error: bad input or config value, a missing, unwritable or full path,
-    # a non-finite loss, a checkpoint that does not fit (README.md, "Many hosts, kills, bad
-    # inputs" lists the outcomes). Our own errors name the file or key first; anything else is
+    # a non-finite loss, a checkpoint that does not fit (docs/reliability.md, "Bad inputs:
+    # outcomes" lists them). Our own errors name the file or key first; anything else is
     # prefixed with its type. The traceback only with $CRNET_TRACEBACK.
     if want_traceback():
       raise

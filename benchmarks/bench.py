@@ -197,10 +197,6 @@ def _parse_infer_case(case: str) -> tuple[int, int]:
   return int(m.group(2)), int(m.group(1))
 
 
-def _round_up(n: int, multiple: int) -> int:
-  return -(-n // multiple) * multiple
-
-
 class _Profile:
   """`jax.profiler.trace` into `profile_dir/name` when `profile_dir` is set."""
 
@@ -315,7 +311,7 @@ def bench_infer(config: ml_collections.ConfigDict, case: str, dtype: str, opts: 
   params = jax.device_put(params, devices[0])
   tiling = inference.TilingConfig.from_config(config.inference)
   enhancer = inference.Enhancer(model, params, tiling)
-  ph, pw = _round_up(height, tiling.bucket), _round_up(width, tiling.bucket)
+  ph, pw = image_io.round_up(height, tiling.bucket), image_io.round_up(width, tiling.bucket)
   path = opts.infer_path
   if path == 'auto':
     path = 'whole' if ph * pw <= tiling.max_whole_pixels else 'tiled'

@@ -45,6 +45,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from benchmarks import kernel_table  # noqa: E402
+from crnet_jax import image_io  # noqa: E402
 
 # The performance options timed against the defaults (name -> extra bench.py flags). XLA option
 # names change between XLA versions: xla_gpu_enable_command_buffer (a list of command types; empty
@@ -155,10 +156,12 @@ class Check:
 
   def write(self) -> None:
     self.summary['elapsed_s'] = round(time.monotonic() - self.t0, 1)
-    path = os.path.join(self.out, 'summary.json')
-    with open(path + '.tmp', 'w') as f:
-      json.dump(self.summary, f, indent=1, default=str)
-    os.replace(path + '.tmp', path)
+
+    def write_summary(tmp: str) -> None:
+      with open(tmp, 'w') as f:
+        json.dump(self.summary, f, indent=1, default=str)
+
+    image_io.write_atomically(os.path.join(self.out, 'summary.json'), write_summary)
 
   def stage(self, name: str, kind: str, fn: Callable[[float], str | None],
             needs: str = '') -> None:

@@ -20,7 +20,7 @@ Arguments (comma-separated, combinable: `--config=configs/crnet.py:demo,mrn`):
   - `crnet`: the full network and loss (the default; CRNet, 24.01 / 0.9281).
   - `crnet10`: the full network trained on 10% of the labels, supervised only
     (data.label_fraction 0.1; 21.94 / 0.9086).
-- A size:
+- A size (the values: `SIZES` in configs/common.py):
   - `demo`: CPU-sized: features 8, 2 groups x 1 recurrence x 2 blocks, 32x32 patches, batch 8,
     1200 steps (54.5 epochs of 22 steps), learning rate 2e-3 halved at steps 660 and 990, on the
     embedded default data (6 train / 2 test pairs darkened from scikit-image's photos).
@@ -34,6 +34,7 @@ Arguments (comma-separated, combinable: `--config=configs/crnet.py:demo,mrn`):
 
 import ml_collections
 
+from configs import common
 from configs import default
 
 # Table 2 rows: (model overrides, loss overrides, data overrides).
@@ -45,73 +46,17 @@ ROWS = {
     'crnet': ({}, {}, {}),
     'crnet10': ({}, {}, {'label_fraction': 0.1}),
 }
-SIZES = ('demo', 'test')
-
-
-def parse_arg(arg: str | None, rows, sizes=SIZES) -> tuple[str | None, str | None]:
-  """`'demo,mrn'` -> ('mrn', 'demo'): at most one row and one size; unknown tokens fail."""
-  row = size = None
-  for token in (t.strip() for t in (arg or '').split(',')):
-    if not token:
-      continue
-    if token in rows:
-      if row is not None:
-        raise ValueError(f'config argument {arg!r}: two Table 2 rows ({row!r}, {token!r}); '
-                         'give at most one')
-      row = token
-    elif token in sizes:
-      if size is not None:
-        raise ValueError(f'config argument {arg!r}: two sizes ({size!r}, {token!r})')
-      size = token
-    else:
-      raise ValueError(f'config argument {arg!r}: unknown token {token!r}; known rows '
-                       f'{sorted(rows)}, sizes {list(sizes)}')
-  return row, size
-
-
-def apply_row(config: ml_collections.ConfigDict, overrides) -> None:
-  model, loss, data = overrides
-  config.model.update(model)
-  config.loss.update(loss)
-  config.data.update(data)
-
-
-def apply_size(config: ml_collections.ConfigDict, size: str | None) -> None:
-  """The `demo` and `test` presets (shared by configs/crnet.py and configs/mcmt.py)."""
-  if size is None:
-    return
-  c = config
-  if size == 'demo':
-    c.model.update(features=8, num_groups=2, recurrences=1, num_blocks=2)
-    c.data.update(dataset='default', patch_size=32, batch_size=8, unlabeled_batch_size=8,
-                  patches_per_image=30, eval_batch_size=2)
-    c.num_train_steps = 1200
-    c.learning_rate = 2e-3
-    c.lr_decay_epochs = (30, 45)  # 22 steps per epoch (supervised): steps 660 and 990
-    c.eval_every_epochs = 10
-    c.checkpoint_every_steps = 200
-    c.log_every_steps = 50
-    c.num_eval_images = 2
-  elif size == 'test':
-    c.model.update(features=4, num_groups=2, recurrences=1, num_blocks=1)
-    c.data.update(dataset='default', patch_size=16, batch_size=4, unlabeled_batch_size=4,
-                  patches_per_image=2, eval_batch_size=4)
-    c.data.synthetic.max_side = 64  # small images: evaluation in milliseconds
-    c.num_train_steps = 3
-    c.eval_every_epochs = 0
-    c.checkpoint_every_steps = 2
-    c.log_every_steps = 1
-    c.num_eval_images = 1
-  else:
-    raise ValueError(f'unknown size {size!r}; choose one of {SIZES}')
+# Size argument -> its entry in common.SIZES.
+SIZE_ENTRIES = {'demo': 'demo', 'test': 'test'}
+SIZES = tuple(SIZE_ENTRIES)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Supervised CRNet; `arg` selects a Table 2 row and/or a size (see the module docstring)."""
-  row, size = parse_arg(arg, ROWS)
+  row, size = common.parse_arg(arg, ROWS, SIZES)
   config = default.get_config()
   config.method = 'supervised'
   config.data.label_fraction = 1.0
-  apply_row(config, ROWS[row or 'crnet'])
-  apply_size(config, size)
+  common.apply_row(config, ROWS[row or 'crnet'])
+  common.apply_size(config, SIZE_ENTRIES.get(size))
   return config

@@ -3,7 +3,8 @@
 The run configs (`configs/crnet.py`, `configs/mcmt.py`) start from this one and change only what
 their recipe needs. Field groups:
 
-- `model`: the CRNet architecture and the switches for the rows of the paper's Table 2.
+- `model`: the CRNet architecture and the switches for the rows of the paper's Table 2
+  (defined in `crnet_jax/model_defaults.py`, which the library reads released models with).
 - `loss`: the weights of the progressive enhancement loss (beta), of the mid-consistency (gamma) and
   of the consistency term in the semi-supervised objective (lam).
 - `mcmt`: the mean teacher (EMA decay, teacher input noise) and the optional warm-ups.
@@ -13,35 +14,12 @@ their recipe needs. Field groups:
 
 import ml_collections
 
+from crnet_jax import model_defaults
+
 
 def get_model_config() -> ml_collections.ConfigDict:
-  """The CRNet fields (docs/model.md: shapes, MC, memory, LAM, LMRG)."""
-  m = ml_collections.ConfigDict()
-  m.features = 32  # C
-  m.num_groups = 4  # N distinct LMRGs
-  m.recurrences = 2  # T unrolls of each LMRG, shared weights
-  m.num_blocks = 5  # B masked residual blocks per LMRG
-  m.activation = 'relu'  # of the feature conv in each MC ('relu', 'gelu', 'silu', 'leaky_relu')
-  m.memory = 'convlstm'  # 'convlstm' | 'convgru' | 'none'
-  m.skip = 'input'  # long skip: 'input' (x + residual) | 'previous' (y + residual)
-  # Table 2 switches: RN = masked_conv False and layer_attention False; MRN = layer_attention False.
-  m.masked_conv = True
-  m.layer_attention = True
-  # Run each MC's feature and mask convs as one conv with 2C outputs (same numerics, faster).
-  m.fused_masked_conv = True
-  # Compute dtype: 'float32', or 'bfloat16' (params stay float32).
-  m.dtype = 'float32'
-  # Performance options: same parameters, same function up to float rounding (benchmarks/README.md).
-  # Layer attention as the formula's stack + matmuls + transpose ('stack'), the same with float32
-  # reductions in place of the matmuls ('reduce'; no GEMM), or as a weighted sum of the block
-  # outputs concatenated on the channel axis ('concat'; no stacked copy, no transpose, no GEMM).
-  m.layer_attention_impl = 'stack'
-  # Rematerialise activations in the backward pass: 'none', each LMRG pass ('lmrg') or each masked
-  # residual block ('blocks'), keeping what `remat_policy` allows ('nothing_saveable',
-  # 'dots_saveable': keep the conv outputs, 'dots_with_no_batch_dims_saveable').
-  m.remat = 'none'
-  m.remat_policy = 'nothing_saveable'
-  return m
+  """The CRNet fields (docs/model.md), defined in `crnet_jax/model_defaults.py`."""
+  return model_defaults.get_model_config()
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -76,7 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.unlabeled_batch_size = 16  # unlabeled patches per step (MCMT only)
   config.data.label_fraction = 1.0  # fraction of the paired train images that keep labels
   # What an epoch's length counts: 'labeled' images (patches_per_image patches of each per epoch)
-  # or 'all' train pairs, labeled or not (README, "Choices the paper leaves open").
+  # or 'all' train pairs, labeled or not (docs/model.md, "Choices the paper leaves open").
   config.data.epoch_images = 'labeled'
   config.data.eval_batch_size = 4
   config.data.num_workers = 0  # grain worker processes (0 = load in the main process)

@@ -1,7 +1,7 @@
 r"""CRNet and MCMT on LOL v1 (485 train / 15 test pairs), the paper's dataset: one arm per run.
 
 The data path is an argument (`--config.data.lol_dir`): the folder holding `our485/` and
-`eval15/` (each with `low/` and `high/`), or a folder written by `benchmarks/lol.py pack`.
+`eval15/` (each with `low/` and `high/`), or a folder written by `experiments/lol/lol.py pack`.
 
   python main.py --config=configs/lol.py:few --workdir=runs/lol/few \
       --config.data.lol_dir=/path/to/LOL
@@ -15,7 +15,7 @@ Arguments (comma-separated, `--config=configs/lol.py:few,test`): one arm and at 
   - `mcmt-`: as `mcmt` without the mid-consistency term, gamma 0 (paper 22.50 / 0.9370).
   - `mcmt_real`: as `mcmt`, the pool joined by real dark photos given as
     `--config.data.unlabeled_dirs="('/path/DICM', '/path/LIME')"`.
-- Sizes:
+- Sizes (the values: `SIZES` in configs/common.py):
   - none (the default, for a GPU): the paper's network (C 32, N 4, T 2, B 5) in bfloat16 compute
     (float32 parameters), patches of 128, 16 labeled (+ 16 unlabeled) patches per step, the
     paper's schedule: 100 epochs of 30 patches per labeled image, Adam 5e-4 halved at epochs 20,
@@ -27,19 +27,20 @@ Arguments (comma-separated, `--config=configs/lol.py:few,test`): one arm and at 
     8 labeled (+ 8 unlabeled) patches per step, 4,000 steps for every arm (about 22 epochs:
     49 * 30 // 8 = 183 steps per epoch at 10%, 485 * 3 // 8 = 181 at 100%), Adam 2e-3 halved
     at epochs 11 and 16.4 (steps ~2,000 and ~3,000), evaluation every ~500 steps. Meant for LOL
-    at half resolution (`benchmarks/lol.py pack --scale 0.5`), where 4,000 steps are 11 passes
+    at half resolution (`experiments/lol/lol.py pack --scale 0.5`), where 4,000 steps are 11 passes
     over the 49 labeled pairs.
   - `cpu_wide`: as `cpu` with twice the features (C 32: 343k parameters against 89k), to test
     whether the gap between 10% and 100% of the labels grows with the network's capacity.
   - `test`: tiny (features 4, 2 groups x 1 recurrence x 1 block, 16x16 patches, 3 steps), for the
     tests.
 
-Expected (the `few` arm at the default size on one H200, `benchmarks/lol_gpu.sh`): the README's
-"Results on LOL v1" table gives the measured figure next to the paper's.
+Expected (the `few` arm at the default size on one H200, `experiments/lol/lol_gpu.sh`): the
+README's "Results on LOL v1" table gives the measured figure next to the paper's.
 """
 
 import ml_collections
 
+from configs import common
 from configs import crnet
 from configs import mcmt
 
@@ -51,12 +52,14 @@ ARMS = {
     'mcmt-': ('mcmt', 0.1, {'gamma': 0.0}),
     'mcmt_real': ('mcmt', 0.1, {}),
 }
-SIZES = ('cpu', 'cpu_wide', 'test')
+# Size argument -> its entry in common.SIZES.
+SIZE_ENTRIES = {'cpu': 'lol_cpu', 'cpu_wide': 'lol_cpu_wide', 'test': 'test'}
+SIZES = tuple(SIZE_ENTRIES)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """One arm of the LOL runs; `arg` selects the arm and optionally a size (module docstring)."""
-  arm, size = crnet.parse_arg(arg, ARMS, SIZES)
+  arm, size = common.parse_arg(arg, ARMS, SIZES)
   if arm is None:
     raise ValueError(f'config argument {arg!r}: name one arm of {sorted(ARMS)}')
   method, fraction, loss = ARMS[arm]
@@ -74,19 +77,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 1000
   config.num_eval_images = 3
   config.run_name = arm
-  if size in ('cpu', 'cpu_wide'):
-    config.model.update(features=16 if size == 'cpu' else 32, num_groups=2, recurrences=1, num_blocks=2, dtype='float32')
-    d.update(patch_size=32, batch_size=8, unlabeled_batch_size=8, eval_batch_size=5)
-    config.num_train_steps = 4000
-    config.learning_rate = 2e-3
-    config.lr_decay_epochs = (11, 16.4)
-    config.eval_every_epochs = 2.74
-    config.checkpoint_every_steps = 500
-    config.log_every_steps = 100
-    config.num_eval_images = 0
-  elif size == 'test':
-    crnet.apply_size(config, 'test')
-    d.dataset = 'lol'
-    d.patches_per_image = 2
-    config.model.dtype = 'float32'
+  common.apply_size(config, SIZE_ENTRIES.get(size))
   return config

@@ -19,7 +19,7 @@ Arguments (comma-separated, combinable: `--config=configs/mcmt.py:demo,ours-`):
 - One Table 2 row:
   - `ours-`: without the mid-consistency L_mc (gamma 0; paper 22.50 / 0.9370).
   - `ours`: the full MCMT (the default; paper 23.05 / 0.9354).
-- A size:
+- A size (the values: `SIZES` in configs/common.py):
   - `demo`: CPU-sized: the network and patches of configs/crnet.py:demo, 8 labeled + 8
     unlabeled patches per step, 800 steps, learning rate 2e-3 halved at steps 480 and 720, on the
     embedded default data (10% labels: 1 labeled and 5 unlabeled train images, 2 test pairs).
@@ -33,24 +33,24 @@ Arguments (comma-separated, combinable: `--config=configs/mcmt.py:demo,ours-`):
 
 import ml_collections
 
+from configs import common
 from configs import crnet
 
 ROWS = {
     'ours-': ({}, {'gamma': 0.0}, {}),
     'ours': ({}, {}, {}),
 }
+# Size argument -> its entry in common.SIZES.
+SIZE_ENTRIES = {'demo': 'mcmt_demo', 'test': 'test'}
+SIZES = tuple(SIZE_ENTRIES)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """MCMT with 10% labels; `arg` selects a Table 2 row and/or a size (module docstring)."""
-  row, size = crnet.parse_arg(arg, ROWS)
+  row, size = common.parse_arg(arg, ROWS, SIZES)
   config = crnet.get_config()
   config.method = 'mcmt'
   config.data.label_fraction = 0.1
-  crnet.apply_row(config, ROWS[row or 'ours'])
-  crnet.apply_size(config, size)
-  if size == 'demo':
-    config.num_train_steps = 800
-    config.lr_decay_epochs = (160, 240)  # 3 steps per epoch (1 labeled image): steps 480, 720
-    config.eval_every_epochs = 100
+  common.apply_row(config, ROWS[row or 'ours'])
+  common.apply_size(config, SIZE_ENTRIES.get(size))
   return config

@@ -1,13 +1,13 @@
 r"""The runs of the label-efficiency study: few labels + unlabeled photos vs. labels.
 
-Every run trains on synthetic low/normal pairs made by `benchmarks/study.py prepare` from 532
+Every run trains on synthetic low/normal pairs made by `experiments/study/main.py prepare` from 532
 clean photos (CBSD432 + SunHays80 + Urban100_sub20, darkened by `crnet_jax/datasets/degrade.py`)
 and evaluates during training on the 68 CBSD68 photos darkened the same way (the `paired_folders`
 dataset with separate test folders). `docs/study.md` gives the commands; in short:
 
-  python benchmarks/study.py prepare --sources /data/study_sources    # -> study_data/
+  python experiments/study/main.py prepare --sources /data/study_sources    # -> study_data/
   python main.py --config=configs/study.py:mcmt10 --workdir=runs/study/mcmt10
-  python benchmarks/study.py run --runs crnet10,mcmt10 --budget_minutes 9  # resumable
+  python experiments/study/main.py run --runs crnet10,mcmt10 --budget_minutes 9  # resumable
 
 Arguments (comma-separated, `--config=configs/study.py:cpu,mcmt10`): one run and at most one size.
 
@@ -20,7 +20,7 @@ Arguments (comma-separated, `--config=configs/study.py:cpu,mcmt10`): one run and
   - `mcmt10_real`: as `mcmt10`, the pool joined by the real low-light photos of DICM, LIME and
     LOL eval15/low (without 778, the LOL test pair): what real dark photos add.
   - `rn`, `mrn`, `mrn+`, `crnet-`: the backbone ablations of the paper's Table 2, 100% labels.
-- Sizes:
+- Sizes (the values: `SIZES` in configs/common.py):
   - none (the default, for a GPU): the full CRNet (C 32, N 4, T 2, B 5) in bfloat16 compute
     (float32 parameters), patches of 128, 16 labeled (+ 16 unlabeled) patches per step, the
     paper's schedule: 100 epochs, Adam 5e-4 halved at epochs 20, 40, 60 and 90, evaluation of
@@ -43,16 +43,18 @@ split) and the same number of steps: an "epoch" is made the same number of steps
 taking `patches_per_image = 3` patches per photo and epoch in the 100%-label runs and 30 (the
 paper's) in the 10%-label runs. With the 532 study photos that is 532 * 3 // 16 = 99 steps for
 100% and 53 * 30 // 16 = 99 steps for 10% (53 labeled photos), so 100 epochs are 9,900 steps for
-every run (`benchmarks/study.py run` prints the plan and says if the steps ever differ). All runs
-see 16 labeled patches per step; MCMT adds 16 unlabeled ones, as in configs/mcmt.py.
+every run (`experiments/study/main.py run` prints the plan and says if the steps ever differ).
+All runs see 16 labeled patches per step; MCMT adds 16 unlabeled ones, as in configs/mcmt.py.
 
 `study_dir` (a top-level field; `--config.study_dir=/abs/path`) is the folder written by
-`benchmarks/study.py prepare`; every data path (and the TFDS cache, `study_dir/tfds`) follows it.
+`experiments/study/main.py prepare`; every data path (and the TFDS cache, `study_dir/tfds`)
+follows it.
 `run_name` records the run for the report.
 """
 
 import ml_collections
 
+from configs import common
 from configs import crnet
 from configs import mcmt
 
@@ -68,16 +70,18 @@ RUNS = {
     'mrn+': ('supervised', 1.0, crnet.ROWS['mrn+'], False),
     'crnet-': ('supervised', 1.0, crnet.ROWS['crnet-'], False),
 }
-# The order in which `benchmarks/study.py run` trains them: the claim first, ablations last.
+# The order in which `experiments/study/main.py run` trains them: the claim first, ablations last.
 CORE_RUNS = ('crnet10', 'mcmt10', 'mcmt10-', 'crnet100', 'mcmt10_real')
 ABLATION_RUNS = ('rn', 'mrn', 'mrn+', 'crnet-')
-SIZES = ('cpu', 'small', 'half')
+# Size argument -> its entry in common.SIZES.
+SIZE_ENTRIES = {'cpu': 'study_cpu', 'small': 'study_small', 'half': 'study_half'}
+SIZES = tuple(SIZE_ENTRIES)
 
 SEED = 0
 STUDY_DIR = 'study_data'  # relative to the working directory (the repo root for main.py)
 REFERENCE_LABEL_FRACTION = 0.1  # the runs with few labels take `PATCHES_PER_IMAGE` per photo
 PATCHES_PER_IMAGE = 30  # the paper's, for the 10% runs (3 for the 100% runs)
-# Subfolders of `study_dir` written by `benchmarks/study.py prepare`.
+# Subfolders of `study_dir` written by `experiments/study/main.py prepare`.
 TRAIN = 'train'  # train/{low,high}: 532 synthetic pairs
 TEST = 'cbsd68'  # cbsd68/{low,high}: 68 synthetic pairs
 REAL_DARK = ('real_dark/dicm', 'real_dark/lime', 'real_dark/lol_low')
@@ -88,53 +92,31 @@ def patches_per_image(label_fraction: float, base: int = PATCHES_PER_IMAGE) -> i
   return max(1, int(round(base * REFERENCE_LABEL_FRACTION / label_fraction)))
 
 
-def _apply_size(config: ml_collections.ConfigDict, size: str | None, label_fraction: float) -> None:
+def _apply_recipe(config: ml_collections.ConfigDict, label_fraction: float) -> None:
+  """The study's runs without a size: the paper's network, patches and schedule, evaluation of
+  the student and the teacher every 4 epochs."""
   c = config
-  if size in (None, 'half', 'small'):  # the paper's schedule
-    c.num_epochs = 100
-    c.lr_decay_epochs = (20, 40, 60, 90)
-    c.eval_every_epochs = 4
-    c.checkpoint_every_steps = 250  # a killed call loses at most this many steps
-    c.max_to_keep = 2
-    c.log_every_steps = 50
-    c.num_eval_images = 2
-    if size == 'small':
-      c.model.update(features=8, num_groups=2, recurrences=1, num_blocks=2, dtype='float32')
-      c.data.update(patch_size=32, batch_size=8, unlabeled_batch_size=8, eval_batch_size=4,
-                    patches_per_image=patches_per_image(label_fraction, base=10))
-      c.eval_every_epochs = 10
-    else:
-      c.model.dtype = 'bfloat16'
-      c.data.update(patch_size=128, batch_size=16, unlabeled_batch_size=16, eval_batch_size=4,
-                    patches_per_image=patches_per_image(label_fraction))
-    if size == 'half':
-      c.num_epochs = 50
-      c.lr_decay_epochs = (10, 20, 30, 45)
-      c.eval_every_epochs = 2
-  elif size == 'cpu':
-    c.model.update(features=4, num_groups=2, recurrences=1, num_blocks=1)
-    c.data.update(patch_size=32, batch_size=4, unlabeled_batch_size=4, eval_batch_size=4,
-                  patches_per_image=patches_per_image(label_fraction, base=10))
-    c.num_train_steps = 4
-    c.learning_rate = 2e-3
-    c.eval_every_epochs = 1
-    c.checkpoint_every_steps = 2
-    c.max_to_keep = 2
-    c.log_every_steps = 2
-    c.num_eval_images = 1
-  else:
-    raise ValueError(f'unknown size {size!r}; choose one of {SIZES}')
+  c.num_epochs = 100
+  c.lr_decay_epochs = (20, 40, 60, 90)
+  c.eval_every_epochs = 4
+  c.checkpoint_every_steps = 250  # a killed call loses at most this many steps
+  c.max_to_keep = 2
+  c.log_every_steps = 50
+  c.num_eval_images = 2
+  c.model.dtype = 'bfloat16'
+  c.data.update(patch_size=128, batch_size=16, unlabeled_batch_size=16, eval_batch_size=4,
+                patches_per_image=patches_per_image(label_fraction))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """One run of the study; `arg` names the run and optionally a size (module docstring)."""
-  run, size = crnet.parse_arg(arg, RUNS, SIZES)
+  run, size = common.parse_arg(arg, RUNS, SIZES)
   if run is None:
     raise ValueError(f'config argument {arg!r}: name a run, one of {list(RUNS)}')
   method, label_fraction, row, real = RUNS[run]
   config = (mcmt if method == 'mcmt' else crnet).get_config()
   config.method = method
-  crnet.apply_row(config, row)
+  common.apply_row(config, row)
   config.data.label_fraction = label_fraction
 
   config.run_name = run
@@ -157,5 +139,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     d.unlabeled_dirs = dirs
   config.seed = SEED
   d.seed = SEED
-  _apply_size(config, size, label_fraction)
+  _apply_recipe(config, label_fraction)
+  common.apply_size(config, SIZE_ENTRIES.get(size))
+  if size in ('small', 'cpu'):  # 10 patches per labeled photo and epoch at 10% labels
+    d.patches_per_image = patches_per_image(label_fraction, base=10)
   return config

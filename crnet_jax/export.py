@@ -42,6 +42,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from crnet_jax import checkpointing
+from crnet_jax import image_io
 from crnet_jax import models
 from crnet_jax import release
 from crnet_jax.image_io import DataError
@@ -102,10 +103,12 @@ def save_inference_checkpoint(directory: str, params: Any,
       if origin:
         saved['origin'] = {k: v for k, v in origin.items() if k != 'source'}
       json.dump(saved, f)
-  tmp = os.path.join(directory, MODEL_CONFIG_FILE + '.tmp')
-  with open(tmp, 'w') as f:
-    json.dump(model_config.to_dict(), f, indent=2, sort_keys=True)
-  os.replace(tmp, os.path.join(directory, MODEL_CONFIG_FILE))
+
+  def write_model_config(tmp: str) -> None:
+    with open(tmp, 'w') as f:
+      json.dump(model_config.to_dict(), f, indent=2, sort_keys=True)
+
+  image_io.write_atomically(os.path.join(directory, MODEL_CONFIG_FILE), write_model_config)
   return directory
 
 
@@ -264,8 +267,10 @@ def export_enhance_function(path: str, model: models.CRNet, params: Any,
   exported = jax.export.export(jax.jit(enhance), platforms=platforms)(
       jax.ShapeDtypeStruct((b, h, w, 3), jnp.float32))
   data = exported.serialize()
-  tmp = path + '.tmp'
-  with open(tmp, 'wb') as f:
-    f.write(data)
-  os.replace(tmp, path)
+
+  def write_data(tmp: str) -> None:
+    with open(tmp, 'wb') as f:
+      f.write(data)
+
+  image_io.write_atomically(path, write_data)
   return data

@@ -308,6 +308,11 @@ def is_own_output(path: PathLike) -> bool:
     return False
 
 
+def round_up(n: int, multiple: int) -> int:
+  """The smallest multiple of `multiple` that is at least `n` (an image side padded to it)."""
+  return -(-n // multiple) * multiple
+
+
 def write_atomically(path: PathLike, write) -> None:
   """Calls `write(tmp_path)` for a hidden temporary file next to `path`, then renames it."""
   path = os.fspath(path)

@@ -86,8 +86,7 @@ class TilingConfig:
     return cls(**{k: type(getattr(cls, k))(v) for k, v in dict(config).items() if k in fields})
 
 
-def _round_up(n: int, multiple: int) -> int:
-  return -(-n // multiple) * multiple
+_round_up = image_io.round_up
 
 
 def tile_windows(length: int, tile: int, halo: int) -> list[tuple[int, int, int]]:

@@ -48,6 +48,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from crnet_jax import datasets
+from crnet_jax import image_io
 from crnet_jax.datasets import base as datasets_base
 from crnet_jax.image_io import DataError
 
@@ -493,7 +494,7 @@ class EvalDataset:
     self.batch_size = n = int(batch_size)
     self.num_images = len(self.names)
     m = max(1, int(pad_multiple))
-    round_up = lambda v: int(-(-int(v) // m) * m)
+    round_up = lambda v: image_io.round_up(int(v), m)
     # (image indices, padded height, padded width) of each batch, orientation group by group.
     self.batches: list[tuple[np.ndarray, int, int]] = []
     portrait = self.heights > self.widths

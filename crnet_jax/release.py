@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from crnet_jax import image_io
+from crnet_jax import model_defaults
 from crnet_jax import models
 from crnet_jax.image_io import DataError
 
@@ -145,9 +146,8 @@ def load_release(folder: str) -> tuple[models.CRNet, Any, ml_collections.ConfigD
 
 
 def model_config_from_dict(d: dict[str, Any]) -> ml_collections.ConfigDict:
-  """The model config of `configs/default.py` updated with `d` (ValueError on an unknown key)."""
-  from configs import default  # pylint: disable=g-import-not-at-top
-  config = default.get_model_config()
+  """The default model config (`model_defaults`) updated with `d` (ValueError: an unknown key)."""
+  config = model_defaults.get_model_config()
   unknown = set(d) - set(config.keys())
   if unknown:
     raise ValueError(f'model config: unknown keys {sorted(unknown)}')

@@ -1,6 +1,6 @@
 """A corpus of bad inputs, generated here, each with its documented outcome.
 
-The outcomes are listed in README.md, section "Many hosts, kills, bad inputs".
+The outcomes are listed in docs/reliability.md, section "Bad inputs: outcomes".
 
 - Accepted, converted as documented (crnet_jax/image_io.py): 16-bit PNG, grayscale, palette,
   RGBA, CMYK JPEG and EXIF-rotated JPEG pairs give training batches (in this process; training

@@ -9,7 +9,6 @@ import importlib.util
 import json
 import math
 
-import flax
 import jax
 import jax.extend
 import jax.numpy as jnp
@@ -21,6 +20,7 @@ from configs import crnet as crnet_config
 from configs import default
 from crnet_jax import layers
 from crnet_jax import models
+from tests.common import random_params
 
 
 # XLA's CPU backend compiles about 5x faster without its LLVM optimisations; the numbers under test
@@ -33,23 +33,6 @@ def tiny_model_config(**overrides):
   config.update(features=4, num_groups=2, recurrences=2, num_blocks=2)
   config.update(overrides)
   return config
-
-
-def random_params(model, seed=0):
-  """Random params of `model` (nothing to compile), with non-zero biases and gammas."""
-  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))['params']
-  flat = flax.traverse_util.flatten_dict(shapes, sep='/')
-  rng = np.random.default_rng(seed)
-  for key, value in flat.items():
-    if key.endswith('gamma'):
-      flat[key] = np.float32(0.6)
-    elif key.endswith('bias'):
-      flat[key] = rng.normal(0.0, 0.1, value.shape).astype(np.float32)
-    else:
-      flat[key] = (rng.normal(0.0, 1.0, value.shape) / np.sqrt(np.prod(value.shape[:-1]))
-                   ).astype(np.float32)
-  return flax.traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()},
-                                           sep='/')
 
 
 # ------------------------------------------------------------------------------------------------

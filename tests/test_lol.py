@@ -13,8 +13,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from benchmarks import lol
-from benchmarks import lol_study
+from experiments.lol import lol
+from experiments.lol import lol_study
 from configs import lol as lol_configs
 from crnet_jax import input_pipeline
 from crnet_jax import release
@@ -87,7 +87,7 @@ def test_pack_then_train_few_then_release(lol_dir, tmp_path):
   out = str(tmp_path / 'out')
   env = {**os.environ, 'LOL_CONFIG_ARG': 'few,test', 'JAX_PLATFORMS': 'cpu',
          'PATH': os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH']}
-  subprocess.run(['bash', os.path.join(REPO, 'benchmarks', 'lol_gpu.sh'), pack, out,
+  subprocess.run(['bash', os.path.join(REPO, 'experiments', 'lol', 'lol_gpu.sh'), pack, out,
                   '--config.num_train_steps=4'], check=True, env=env, timeout=300,
                  capture_output=True)
   summary = json.load(open(os.path.join(out, 'summary.json')))

@@ -9,14 +9,13 @@ import pytest
 
 torch = pytest.importorskip('torch')
 
-import flax  # noqa: E402
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import pytorch_crnet  # noqa: E402
 from crnet_jax import losses  # noqa: E402
 from crnet_jax import models  # noqa: E402
+from tests.common import random_params  # noqa: E402
 from tests.test_models import tiny_model_config  # noqa: E402
 
 
@@ -34,26 +33,6 @@ def exact_single_threaded_torch():
   torch.set_num_threads(threads)
 
 
-def random_flax_params(model, x, seed=0):
-  """Random flax params of `model` (no init to compile), with non-zero biases and gammas.
-
-  Kernels are scaled as LeCun normal; biases and the layer-attention gammas are non-zero so that
-  the port must map them all.
-  """
-  shapes = jax.eval_shape(model.init, jax.random.key(0), x)['params']
-  flat = flax.traverse_util.flatten_dict(shapes, sep='/')
-  rng = np.random.default_rng(seed)
-  for key, value in flat.items():
-    if key.endswith('gamma'):
-      flat[key] = rng.uniform(0.3, 0.8)
-    elif key.endswith('bias'):
-      flat[key] = rng.normal(0.0, 0.1, value.shape)
-    else:
-      flat[key] = rng.normal(0.0, 1.0, value.shape) / np.sqrt(np.prod(value.shape[:-1]))
-  flat = {k: jnp.asarray(v, jnp.float32) for k, v in flat.items()}
-  return flax.traverse_util.unflatten_dict(flat, sep='/')
-
-
 FORWARD_CASES = (
     (),  # CRNet as in the paper (fused masked convs, ConvLSTM, layer attention, input skip)
     (('masked_conv', False), ('memory', 'convgru'), ('activation', 'gelu')),
@@ -68,7 +47,7 @@ def flax_forward(overrides):
   config = tiny_model_config(**dict(overrides))
   x = np.random.default_rng(1).uniform(size=(1, 20, 24, 3)).astype(np.float32)
   model = models.create_model(config)
-  params = random_flax_params(model, x)
+  params = random_params(model, gamma=(0.3, 0.8))
   with jax.default_matmul_precision('highest'):
     final, intermediates = jax.jit(model.apply)({'params': params}, x)
   return config, params, x, np.asarray(final), [np.asarray(s) for s in intermediates]
@@ -92,7 +71,7 @@ def test_forward_matches_flax(overrides):
 def test_load_rejects_mismatched_params():
   config = tiny_model_config()
   x = np.zeros((1, 8, 8, 3), np.float32)
-  params = random_flax_params(models.create_model(config), x)
+  params = random_params(models.create_model(config), gamma=(0.3, 0.8))
   with pytest.raises(ValueError, match='shape'):
     pytorch_crnet.load_flax_params(pytorch_crnet.create_model(tiny_model_config(features=4)),
                                    params)

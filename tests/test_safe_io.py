@@ -153,7 +153,7 @@ def test_every_file_of_an_input_folder_is_written_or_reported(enhancer, tmp_path
 
 
 def test_one_list_of_image_extensions():
-  from benchmarks import study  # pylint: disable=g-import-not-at-top
+  from experiments.study import shared as study  # pylint: disable=g-import-not-at-top
   assert '.webp' in image_io.IMAGE_EXTENSIONS and '.gif' in image_io.IMAGE_EXTENSIONS
   for module in (inference, study):
     assert getattr(module, 'IMAGE_EXTENSIONS', image_io.IMAGE_EXTENSIONS) is (

@@ -1,4 +1,4 @@
-"""The label-efficiency study (configs/study.py, benchmarks/study.py) end to end at CPU scale.
+"""The label-efficiency study (configs/study.py, experiments/study/) end to end at CPU scale.
 
 A tiny copy of the sources layout (docs/data.md) is generated in tmp_path (never the real data):
 a few small photos for BSDS500 (with its id lists), SunHays80 and Urban100_sub20, the LOL 778
@@ -13,7 +13,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from benchmarks import study
+from experiments.study import main as study
+from experiments.study import report
+from experiments.study import run as study_run
+from experiments.study import shared
 from configs import study as study_config
 from crnet_jax import image_io
 from crnet_jax.datasets import degrade
@@ -103,10 +106,10 @@ def test_configs_define_every_run_with_equal_budgets():
 
 def test_plot_functions(tmp_path):
   curves = str(tmp_path / 'c.png')
-  study.plot_curves([{'label': 'a', 'color': (255, 0, 0), 'dashed': False,
-                      'points': [(0, 10.0), (5, 12.5)]},
-                     {'label': 'b', 'color': (0, 0, 255), 'dashed': True,
-                      'points': [(5, 11.0)]}], curves, 'title')
+  report.plot_curves([{'label': 'a', 'color': (255, 0, 0), 'dashed': False,
+                       'points': [(0, 10.0), (5, 12.5)]},
+                      {'label': 'b', 'color': (0, 0, 255), 'dashed': True,
+                       'points': [(5, 11.0)]}], curves, 'title')
   assert Image.open(curves).size == (1100, 620)
 
 
@@ -115,18 +118,18 @@ def test_crossing_step_and_gap():
     return [{'step': 100 * (i + 1), key: v} for i, v in enumerate(values)]
 
   # mcmt10 falls behind, then passes crnet10 at step 300 and stays above.
-  assert study.crossing_step(curve([5, 7, 9, 10]), curve([6, 8, 8, 9])) == 300
-  assert study.crossing_step(curve([6, 8, 8, 9]), curve([5, 7, 9, 10])) is None
-  assert study.crossing_step(curve([9, 7, 9]), curve([8, 8, 8])) == 300
-  assert study.crossing_step(curve([8, 8.001]), curve([8, 8])) is None  # a tie is not a win
+  assert report.crossing_step(curve([5, 7, 9, 10]), curve([6, 8, 8, 9])) == 300
+  assert report.crossing_step(curve([6, 8, 8, 9]), curve([5, 7, 9, 10])) is None
+  assert report.crossing_step(curve([9, 7, 9]), curve([8, 8, 8])) == 300
+  assert report.crossing_step(curve([8, 8.001]), curve([8, 8])) is None  # a tie is not a win
   runs = {name: {'curve': curve(c), 'evaluation': {'models': {'student': {'cbsd68': {'psnr': p}}}}}
           for name, c, p in (('crnet10', [6, 8], 20.0), ('crnet100', [7, 9], 24.0),
                              ('mcmt10', [5, 9], 23.0))}
-  (line,) = study.reading_aids(runs)
+  (line,) = report.reading_aids(runs)
   assert '+3.00 dB vs crnet10, 75% of the crnet10 -> crnet100 gap' in line
   assert 'from step 200 on' in line
   runs['crnet100']['evaluation']['models']['student']['cbsd68']['psnr'] = 19.0  # below crnet10
-  line, note = study.reading_aids(runs)
+  line, note = report.reading_aids(runs)
   assert 'gap' not in line and 'no 10% -> 100% gap to close' in note
 
 
@@ -167,13 +170,13 @@ def test_study_end_to_end(sources, tmp_path):
   assert {r: p['total_steps'] for r, p in info.items()} == {'crnet10': 4, 'mcmt10': 4}
   assert info['mcmt10']['labeled'] == 1 and info['mcmt10']['unlabeled'] == 9
   for run in ('crnet10', 'mcmt10'):
-    assert study.latest_step(os.path.join(work, run)) == 4
-    (call,) = study._read_jsonl(os.path.join(work, run, 'study_log.jsonl'))
+    assert shared.latest_step(os.path.join(work, run)) == 4
+    (call,) = shared.read_jsonl(os.path.join(work, run, 'study_log.jsonl'))
     assert call['from_step'] == 0 and call['to_step'] == 4
-  assert [r['step'] for r in study.eval_curve(os.path.join(work, 'mcmt10'))] == [2, 4]
+  assert [r['step'] for r in shared.eval_curve(os.path.join(work, 'mcmt10'))] == [2, 4]
   # Rerunning finds both runs finished and trains nothing.
   study.main(['run', '--runs', 'crnet10,mcmt10', '--in_process', *common])
-  assert len(study._read_jsonl(os.path.join(work, 'mcmt10', 'study_log.jsonl'))) == 1
+  assert len(shared.read_jsonl(os.path.join(work, 'mcmt10', 'study_log.jsonl'))) == 1
 
   results = study.main(['evaluate', *common, '--grid_lol', '2', '--grid_dicm', '1',
                         '--grid_side', '48'])
@@ -209,7 +212,7 @@ def test_study_end_to_end(sources, tmp_path):
   restored = study.main(['unbundle', '--work', str(tmp_path / 'elsewhere'),
                          '--src', str(tmp_path / 'bundle')])
   assert restored == ['crnet10', 'mcmt10']
-  assert study.latest_step(str(tmp_path / 'elsewhere' / 'mcmt10')) == 4
+  assert shared.latest_step(str(tmp_path / 'elsewhere' / 'mcmt10')) == 4
   assert os.path.isfile(tmp_path / 'elsewhere' / 'mcmt10' / 'study_eval' / 'grid' / 'teacher'
                         / 'dicm_01.png')
   assert study.main(['unbundle', '--work', str(tmp_path / 'elsewhere'),
@@ -217,8 +220,8 @@ def test_study_end_to_end(sources, tmp_path):
 
 
 def test_train_command_ends_at_the_call_target():
-  cmd = study.train_command('mcmt10', 'cpu', '/w/mcmt10', '/s', 188,
-                            [('num_train_steps', '300'), ('model.remat', 'lmrg')])
+  cmd = study_run.train_command('mcmt10', 'cpu', '/w/mcmt10', '/s', 188,
+                                [('num_train_steps', '300'), ('model.remat', 'lmrg')])
   assert cmd[:2] == ['main.py', '--config=configs/study.py:mcmt10,cpu']
   assert '--config.model.remat=lmrg' in cmd and '--config.study_dir=/s' in cmd
   assert [a for a in cmd if 'num_train_steps' in a] == ['--config.num_train_steps=188']

@@ -17,7 +17,7 @@ and adding noise). For an sRGB image `x` in [0, 1], `degrade` does, per image:
 
 The defaults (`DegradationParams()`, mirrored in `configs/default.py` `config.data.synthetic`)
 give a mean pixel value close to that of LOL's real low-light test images (about 0.06, see
-`benchmarks/brightness.py` and `docs/data.md`).
+`experiments/brightness.py` and `docs/data.md`).
 
 Everything here is a pure function of its inputs: the same image, parameters and seed give the
 same output on every machine.

@@ -3,20 +3,21 @@ r"""LOL v1 tools: a compact copy of the labeled pairs, the identity baseline, a 
   # The seeded 10% of LOL's train pairs (what `configs/lol.py:few` trains on) and eval15, copied
   # into a small folder of the same layout (about 45 MiB instead of 330): a GPU machine without
   # the whole dataset (an offline or air-gapped one) trains `few` from it.
-  python benchmarks/lol.py pack --lol_dir /path/to/LOL --out lol_pack
+  python experiments/lol/lol.py pack --lol_dir /path/to/LOL --out lol_pack
 
   # All of LOL at half resolution (300x200; label_fraction 1 keeps every pair), for the CPU-scale
   # study, and real dark photos shrunk alike for its unlabeled pool:
-  python benchmarks/lol.py pack --lol_dir /path/to/LOL --out lol_half --label_fraction 1 --scale 0.5
-  python benchmarks/lol.py shrink --src /path/to/DICM --out dark_half/DICM --max_side 300
+  python experiments/lol/lol.py pack --lol_dir /path/to/LOL --out lol_half --label_fraction 1 \
+      --scale 0.5
+  python experiments/lol/lol.py shrink --src /path/to/DICM --out dark_half/DICM --max_side 300
 
   # The input's own PSNR / SSIM on eval15 (the identity baseline), as JSON.
-  python benchmarks/lol.py baseline --lol_dir /path/to/LOL
+  python experiments/lol/lol.py baseline --lol_dir /path/to/LOL
 
   # The last checkpoint of a run as a release (float16 parameters + model.json, crnet_jax/release.py).
-  python benchmarks/lol.py release --workdir runs/lol/few --out models/crnet_lol10
+  python experiments/lol/lol.py release --workdir runs/lol/few --out models/crnet_lol10
 
-`benchmarks/lol_gpu.sh` chains them on a GPU: train `few` from a pack, evaluate it on eval15
+`experiments/lol/lol_gpu.sh` chains them on a GPU: train `few` from a pack, evaluate it on eval15
 and write the release.
 
 A pack keeps the file names, so the pairs are those that `data.label_fraction` and `data.seed`
@@ -36,14 +37,14 @@ import shutil
 import sys
 from typing import Any, Sequence
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from benchmarks import study  # noqa: E402  (its metrics.jsonl reader)
+from experiments.study import shared as study_shared  # noqa: E402  (metrics.jsonl reader)
 from configs import lol as lol_configs  # noqa: E402
 from crnet_jax import datasets  # noqa: E402
 from crnet_jax import image_io  # noqa: E402
@@ -151,7 +152,7 @@ def cmd_baseline(args) -> dict[str, Any]:
 
 def _test_metrics(workdir: str, step: int) -> dict[str, float]:
   """The `test` record of `step` in the run's metrics.jsonl ({} if none)."""
-  found = next((r for r in study.eval_curve(workdir) if int(r['step']) == step), {})
+  found = next((r for r in study_shared.eval_curve(workdir) if int(r['step']) == step), {})
   return {k: v for k, v in found.items() if k.endswith(('_psnr', '_ssim')) or k == 'num_images'}
 
 

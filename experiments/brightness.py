@@ -5,7 +5,7 @@ each image, then over images) of the LOL low images in `--lol_low_dir`, and of t
 normal images of the embedded default dataset (scikit-image's bundled photos darkened by
 `crnet_jax/datasets/degrade.py` with the parameters of `configs/default.py`).
 
-  python benchmarks/brightness.py --lol_low_dir /path/to/LOL/eval15/low
+  python experiments/brightness.py --lol_low_dir /path/to/LOL/eval15/low
 """
 
 import argparse

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # CRNet on 10% of LOL v1 (`configs/lol.py:few`: the paper's network and schedule, 100 epochs,
-# bfloat16 compute) trained from a pack (`benchmarks/lol.py pack`), evaluated on eval15 every 10
-# epochs and at the last step, and written as a release (float16 parameters + model.json).
+# bfloat16 compute) trained from a pack (`experiments/lol/lol.py pack`), evaluated on eval15 every
+# 10 epochs and at the last step, and written as a release (float16 parameters + model.json).
 #
-#   bash benchmarks/lol_gpu.sh PACK OUT [--config.field=value ...]
+#   bash experiments/lol/lol_gpu.sh PACK OUT [--config.field=value ...]
 #
 # OUT gets train.log, metrics.jsonl, config.json, summary.json and release/ (params.npz,
 # model.json); the run's workdir is OUT/run (checkpoints: rerun the same command to resume).
@@ -11,13 +11,13 @@
 # CPU. On one H200 the default is predicted at about 7.5 minutes (the one run measured so far,
 # before two start-up fixes, needed more than 10: docs/lol_study.md).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 pack=$(realpath "$1"); out=$(realpath -m "$2"); shift 2
 arg=${LOL_CONFIG_ARG:-few}
 mkdir -p "$out"
 device=$(python -c 'import jax; d = jax.devices()[0]; print(f"{d.platform}: {d.device_kind}")' \
   2>/dev/null)
-command="bash benchmarks/lol_gpu.sh PACK OUT $*"
+command="bash experiments/lol/lol_gpu.sh PACK OUT $*"
 start=$(date +%s)
 python main.py --config="configs/lol.py:$arg" --workdir="$out/run" \
   --config.data.lol_dir="$pack" --config.data.label_fraction=1.0 \
@@ -25,7 +25,7 @@ python main.py --config="configs/lol.py:$arg" --workdir="$out/run" \
 trained=$(date +%s)
 cp "$out/run/metrics.jsonl" "$out/run/config.json" "$out/"
 rm -rf "$out/release"
-python benchmarks/lol.py release --workdir "$out/run" --out "$out/release" \
+python experiments/lol/lol.py release --workdir "$out/run" --out "$out/release" \
   --trained_on "LOL v1, the seeded 10% of our485 (49 pairs, data.seed 0) in $(basename "$pack")" \
   --command "$command" --device "$device" | tee "$out/release.json"
 python - "$out" "$((trained - start))" "$device" "$arg" <<'PY'

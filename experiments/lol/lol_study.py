@@ -2,13 +2,15 @@ r"""The label-efficiency study on LOL v1: every arm of `configs/lol.py` over sev
 
   # plan: the runs, and the time they should take from a measured step time (a short probe per
   # method, unless a run already measured it); nothing is trained.
-  python benchmarks/lol_study.py plan --lol_dir lol_half --size cpu --arms few,full --seeds 0,1,2
+  python experiments/lol/lol_study.py plan --lol_dir lol_half --size cpu --arms few,full \
+      --seeds 0,1,2
   # run: trains what is missing (resumable: a rerun continues every unfinished run from its last
   # checkpoint), --parallel runs side by side, new runs start only within --budget_minutes.
-  python benchmarks/lol_study.py run --lol_dir lol_half --size cpu --arms few,full --seeds 0,1,2
+  python experiments/lol/lol_study.py run --lol_dir lol_half --size cpu --arms few,full \
+      --seeds 0,1,2
   # report: the table (mean +- std over seeds, paired differences, the share of the few -> full
   # gap that MCMT closes), per run and per arm, at the last step; the PSNR-vs-step curves.
-  python benchmarks/lol_study.py report --work runs/lol_cpu --out docs/lol_cpu
+  python experiments/lol/lol_study.py report --work runs/lol_cpu --out docs/lol_cpu
 
 A seed sets `config.seed` and `config.data.seed`: the initialisation, the label split and the data
 order. Every arm of one seed has the same labeled pairs and the same number of steps. `mcmt_real`
@@ -29,13 +31,14 @@ import sys
 import time
 from typing import Any, Sequence
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
 import numpy as np  # noqa: E402
 
-from benchmarks import study  # noqa: E402  (metrics.jsonl readers, the line chart)
+from experiments.study import report as study_report  # noqa: E402  (the line chart)
+from experiments.study import shared as study_shared  # noqa: E402  (metrics.jsonl readers)
 from configs import lol as lol_configs  # noqa: E402
 
 COLORS = {'few': (200, 60, 40), 'full': (40, 40, 40), 'mcmt': (30, 90, 200),
@@ -79,7 +82,7 @@ def train_command(arm: str, seed: int, args, workdir: str, steps: int | None = N
 
 
 def _records(workdir: str) -> list[dict[str, Any]]:
-  return study._read_jsonl(os.path.join(workdir, 'metrics.jsonl'))  # pylint: disable=protected-access
+  return study_shared.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
 
 
 def finished(workdir: str, steps: int) -> bool:
@@ -177,7 +180,7 @@ def cmd_run(args) -> dict[str, Any]:
 
 def _last_test(workdir: str, steps: int) -> dict[str, Any] | None:
   """The evaluation of the run's last step (`steps`), or None before it."""
-  return next((r for r in study.eval_curve(workdir) if int(r['step']) == steps), None)
+  return next((r for r in study_shared.eval_curve(workdir) if int(r['step']) == steps), None)
 
 
 def _mean_std(values: Sequence[float], digits: int = 2) -> str:
@@ -200,7 +203,7 @@ def collect(work: str) -> dict[str, dict[int, dict[str, Any]]]:
       continue
     with open(config_path) as f:
       steps = int(json.load(f)['num_train_steps'])
-    curve = study.eval_curve(workdir)
+    curve = study_shared.eval_curve(workdir)
     out.setdefault(arm, {})[int(seed)] = {'last': _last_test(workdir, steps), 'curve': curve,
                                           'steps': steps}
   return out
@@ -280,7 +283,7 @@ def cmd_report(args) -> dict[str, Any]:
                          'color': COLORS[arm], 'dashed': dashed, 'points': pts})
   out = os.path.abspath(args.out)
   os.makedirs(os.path.dirname(out), exist_ok=True)
-  study.plot_curves(series, out + '_curves.png', args.title)
+  study_report.plot_curves(series, out + '_curves.png', args.title)
   with open(out + '.md', 'w') as f:
     f.write(text)
   with open(out + '.json', 'w') as f:

@@ -1,0 +1,38 @@
+"""The model config: every field of CRNet (docs/model.md), with its defaults.
+
+`configs/default.py` builds the run configs' `model` group from it, and a release or an export
+(`crnet_jax/release.py`) reads a saved model config onto it, so that the library needs nothing
+from `configs/`.
+"""
+
+import ml_collections
+
+
+def get_model_config() -> ml_collections.ConfigDict:
+  """The CRNet fields (docs/model.md: shapes, MC, memory, LAM, LMRG)."""
+  m = ml_collections.ConfigDict()
+  m.features = 32  # C
+  m.num_groups = 4  # N distinct LMRGs
+  m.recurrences = 2  # T unrolls of each LMRG, shared weights
+  m.num_blocks = 5  # B masked residual blocks per LMRG
+  m.activation = 'relu'  # of the feature conv in each MC ('relu', 'gelu', 'silu', 'leaky_relu')
+  m.memory = 'convlstm'  # 'convlstm' | 'convgru' | 'none'
+  m.skip = 'input'  # long skip: 'input' (x + residual) | 'previous' (y + residual)
+  # Table 2 switches: RN = masked_conv False and layer_attention False; MRN = layer_attention False.
+  m.masked_conv = True
+  m.layer_attention = True
+  # Run each MC's feature and mask convs as one conv with 2C outputs (same numerics, faster).
+  m.fused_masked_conv = True
+  # Compute dtype: 'float32', or 'bfloat16' (params stay float32).
+  m.dtype = 'float32'
+  # Performance options: same parameters, same function up to float rounding (benchmarks/README.md).
+  # Layer attention as the formula's stack + matmuls + transpose ('stack'), the same with float32
+  # reductions in place of the matmuls ('reduce'; no GEMM), or as a weighted sum of the block
+  # outputs concatenated on the channel axis ('concat'; no stacked copy, no transpose, no GEMM).
+  m.layer_attention_impl = 'stack'
+  # Rematerialise activations in the backward pass: 'none', each LMRG pass ('lmrg') or each masked
+  # residual block ('blocks'), keeping what `remat_policy` allows ('nothing_saveable',
+  # 'dots_saveable': keep the conv outputs, 'dots_with_no_batch_dims_saveable').
+  m.remat = 'none'
+  m.remat_policy = 'nothing_saveable'
+  return m

@@ -1,0 +1,1 @@
+"""The label-efficiency study on synthetic pairs: `python experiments/study/main.py --help`."""
