@@ -2,7 +2,8 @@ r"""Entry point: train, enhance, evaluate and export CRNet.
 
   python main.py --config=configs/mcmt.py --workdir=RUN                      # train (resumes)
   python main.py --mode=enhance --workdir=RUN --input=photos/ --output=out/  # PNGs, same names
-  python main.py --mode=evaluate --workdir=RUN --low_dir=L --high_dir=H --output=eval/
+  python main.py --mode=evaluate --workdir=RUN --low_dir=L --high_dir=H --output=eval/ \
+      [--skip_unpaired]   # metrics.json, enhanced/, figures/, contact_sheet.png
   python main.py --mode=export --workdir=RUN --output=exported/
   python main.py --mode=config --config=configs/mcmt.py:demo   # print the resolved config, exit
 
@@ -67,13 +68,19 @@ flags.DEFINE_enum('mode', 'train', ['train', 'enhance', 'evaluate', 'export', 'c
                   'folder; export it (inference checkpoint and jax.export serialization); '
                   'config: print the resolved config (JSON) and exit.')
 flags.DEFINE_string('input', None, 'enhance: an image file or a folder of images.')
-flags.DEFINE_string('output', None, 'enhance/evaluate/export: the output folder.')
+flags.DEFINE_string('output', None, 'enhance: the output folder (or, for one input file, an '
+                    'image file name such as x.png); evaluate: the folder for metrics.json, '
+                    'enhanced/, figures/ and contact_sheet.png; export: a new or empty folder.')
 flags.DEFINE_enum('params', 'student', ['student', 'teacher'],
                   'enhance/evaluate/export: which parameters of an MCMT run to use.')
 flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'],
                   'enhance/evaluate/export: the best (by test PSNR) or the latest checkpoint.')
 flags.DEFINE_string('low_dir', None, 'evaluate: folder of low-light images.')
 flags.DEFINE_string('high_dir', None, 'evaluate: folder of ground truths with the same names.')
+flags.DEFINE_bool('skip_unpaired', False,
+                  'evaluate: score only the images that have a partner of the same name in the '
+                  'other folder (the others are listed as skipped in metrics.json); without it, '
+                  'files without a partner are an error that lists them.')
 flags.DEFINE_string('coordinator_address', os.environ.get('JAX_COORDINATOR_ADDRESS', ''),
                     'host:port of process 0, for multi-process runs.')
 flags.DEFINE_integer('num_processes', int(os.environ.get('JAX_NUM_PROCESSES', '1')),
@@ -133,13 +140,8 @@ def _train(config, workdir: str):
   return train.train_and_evaluate(config, workdir)
 
 
-def _inference_setup(config):
-  """The Enhancer of --workdir's parameters, the model config, and which parameters (logged)."""
-  from configs import default  # pylint: disable=g-import-not-at-top
-  from crnet_jax import export  # pylint: disable=g-import-not-at-top
-  from crnet_jax import inference  # pylint: disable=g-import-not-at-top
-  tiling = inference.TilingConfig.from_config(
-      (config or default.get_config()).inference)
+def _model_path() -> str:
+  """--workdir, or the model shipped in models/ (a usage error when there is none)."""
   from crnet_jax import release  # pylint: disable=g-import-not-at-top
   path = FLAGS.workdir or release.shipped_model()
   if not path:
@@ -147,10 +149,24 @@ def _inference_setup(config):
         f'--mode={FLAGS.mode} needs --workdir (a training run, an export or a release): this '
         f'copy of the repository ships no model in {release.MODELS_DIR}; train one '
         '(README, "Training") or pass a released model folder')
-  model, params, model_config, source = export.load_model_and_source(
+  return path
+
+
+def _inference_setup(config, path: str):
+  """The Enhancer of `path`'s parameters, the model config, and their origin (logged).
+
+  The origin is `export.load_model_and_origin`'s: path, kind, step, checkpoint, student or
+  teacher, and the one line `source` that is logged.
+  """
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from crnet_jax import export  # pylint: disable=g-import-not-at-top
+  from crnet_jax import inference  # pylint: disable=g-import-not-at-top
+  tiling = inference.TilingConfig.from_config(
+      (config or default.get_config()).inference)
+  model, params, model_config, origin = export.load_model_and_origin(
       path, FLAGS.params, FLAGS.checkpoint)
-  logging.info('Parameters: %s', source)
-  return inference.Enhancer(model, params, tiling), model_config, source
+  logging.info('Parameters: %s', origin['source'])
+  return inference.Enhancer(model, params, tiling), model_config, origin
 
 
 def _need(*names: str) -> None:
@@ -163,8 +179,10 @@ def _enhance(config, workdir: str):
   del workdir
   _need('input', 'output')
   from crnet_jax import inference  # pylint: disable=g-import-not-at-top
-  enhancer, _, _ = _inference_setup(config)
-  report = inference.enhance_paths(enhancer, FLAGS.input, FLAGS.output)
+  path = _model_path()
+  job = inference.plan_enhance(FLAGS.input, FLAGS.output)  # inputs and outputs first
+  enhancer, _, _ = _inference_setup(config, path)
+  report = inference.run_enhance(enhancer, job)
   logging.info('Wrote %d image(s) to %s; %d failed.', len(report['written']), FLAGS.output,
                len(report['failed']))
   return report
@@ -174,8 +192,16 @@ def _evaluate(config, workdir: str):
   del workdir
   _need('low_dir', 'high_dir', 'output')
   from crnet_jax import inference  # pylint: disable=g-import-not-at-top
-  enhancer, _, _ = _inference_setup(config)
-  result = inference.evaluate_pairs(enhancer, FLAGS.low_dir, FLAGS.high_dir, FLAGS.output)
+  path = _model_path()
+  # Every data problem (folders, pairs, unreadable images) and the output before the checkpoint.
+  job = inference.plan_evaluation(FLAGS.low_dir, FLAGS.high_dir, FLAGS.output,
+                                  skip_unpaired=FLAGS.skip_unpaired)
+  if job.skipped:
+    logging.warning('Skipping %d file(s) without a partner (--skip_unpaired):\n  %s',
+                    len(job.skipped), '\n  '.join(job.skipped.values()))
+  enhancer, model_config, origin = _inference_setup(config, path)
+  result = inference.run_evaluation(enhancer, job,
+                                    model={**origin, 'config': model_config.to_dict()})
   logging.info('Mean over %d images: PSNR %.3f dB, SSIM %.4f (input %.3f dB, %.4f); see %s',
                result['num_images'], result['mean']['psnr'], result['mean']['ssim'],
                result['mean']['input_psnr'], result['mean']['input_ssim'], FLAGS.output)
@@ -186,11 +212,18 @@ def _export(config, workdir: str):
   del workdir
   _need('output')
   from crnet_jax import export  # pylint: disable=g-import-not-at-top
+  from crnet_jax import progress  # pylint: disable=g-import-not-at-top
   export.check_export_folder(FLAGS.output)  # before loading anything
-  enhancer, model_config, source = _inference_setup(config)
-  path = export.save_inference_checkpoint(FLAGS.output, enhancer.params, model_config, source)
-  serialized = os.path.join(path, export.SERIALIZED_FILE)
-  export.export_enhance_function(serialized, enhancer.model, enhancer.params)
+  model_path = _model_path()
+  with progress.Bar('export', 3) as bar:  # load, inference checkpoint, jax.export
+    enhancer, model_config, origin = _inference_setup(config, model_path)
+    bar.update()
+    path = export.save_inference_checkpoint(FLAGS.output, enhancer.params, model_config,
+                                            origin['source'], origin)
+    bar.update()
+    serialized = os.path.join(path, export.SERIALIZED_FILE)
+    export.export_enhance_function(serialized, enhancer.model, enhancer.params)
+    bar.update()
   logging.info('Exported the %s parameters to %s (orbax + %s) and %s', FLAGS.params, path,
                export.MODEL_CONFIG_FILE, serialized)
   return path
