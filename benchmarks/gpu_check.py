@@ -51,6 +51,7 @@ from benchmarks import kernel_table  # noqa: E402
 # turns CUDA graphs off) and xla_gpu_graph_min_graph_size exist in jaxlib 0.10.2.
 OPTIONS = {
     'layer_attention_impl=concat': ['--config.model.layer_attention_impl=concat'],
+    'mrb_impl=pallas': ['--config.model.mrb_impl=pallas'],
     'remat=lmrg': ['--config.model.remat=lmrg'],
     'command_buffer=off': ['xla:xla_gpu_enable_command_buffer='],
 }
