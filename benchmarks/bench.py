@@ -39,7 +39,9 @@ Commands (benchmarks/README.md has the measured figures):
       --patch=128 --torch=both --config.data.num_workers=8 --out=benchmarks/results/h100.jsonl
 
 Every model field can be overridden like any config flag, e.g.
-`--config.model.layer_attention_impl=concat --config.model.remat=lmrg`.
+`--config.model.layer_attention_impl=concat --config.model.remat=lmrg`, or
+`--config.model.mrb_impl=pallas` to time the masked residual blocks as Pallas kernels
+(`crnet_jax/pallas_mrb.py`) against the default `xla`; each record's `model` names the options.
 """
 
 from __future__ import annotations
@@ -171,7 +173,7 @@ def _summary(times: Sequence[float]) -> dict[str, float]:
 def _model_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
   m = config.model
   keys = ('features', 'num_groups', 'recurrences', 'num_blocks', 'memory', 'masked_conv',
-          'layer_attention', 'fused_masked_conv', 'layer_attention_impl', 'remat',
+          'layer_attention', 'fused_masked_conv', 'layer_attention_impl', 'mrb_impl', 'remat',
           'remat_policy')
   return {k: m.get(k) for k in keys if k in m}
 

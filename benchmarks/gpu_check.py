@@ -53,6 +53,7 @@ from crnet_jax import image_io  # noqa: E402
 OPTIONS = {
     'layer_attention_impl=reduce': ['--config.model.layer_attention_impl=reduce'],
     'layer_attention_impl=concat': ['--config.model.layer_attention_impl=concat'],
+    'mrb_impl=pallas': ['--config.model.mrb_impl=pallas'],
     'remat=lmrg': ['--config.model.remat=lmrg'],
     'command_buffer=off': ['xla:xla_gpu_enable_command_buffer='],
 }

@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from crnet_jax import pallas_mrb
+
 Array = jax.Array
 Dtype = Any
 # The memory state (h, c). ConvGRU and NoMemory carry c along unchanged.
@@ -119,21 +121,53 @@ class PlainConv(nn.Module):
     return get_activation(self.activation)(y)
 
 
+class MaskedConvParams(MaskedConv):
+  """The parameters of a `MaskedConv` (same names, shapes and initialisers), without its conv."""
+
+  @nn.compact
+  def __call__(self, in_features: int) -> dict[str, Array]:
+    feature_kernel, feature_bias = self._params('feature', in_features)
+    mask_kernel, mask_bias = self._params('mask', in_features)
+    return {'feature_kernel': feature_kernel, 'feature_bias': feature_bias,
+            'mask_kernel': mask_kernel, 'mask_bias': mask_bias}
+
+
+MRB_IMPLS = ('xla', 'pallas')
+
+
 class MaskedResidualBlock(nn.Module):
   """Masked residual block: `MRB(x) = x + MC2(MC1(x))`, both MC at C -> C.
 
   With `masked=False` the MCs are plain convolutions (the residual block of RN). `mask` (see
   `apply_mask`) zeroes the features outside the real pixels between the two convolutions.
+
+  `impl` (config `model.mrb_impl`): `'xla'`, the two MaskedConvs as written, or `'pallas'`, the
+  same function and parameters as Pallas kernels, forward and backward
+  (`crnet_jax/pallas_mrb.py`; masked blocks only). On a GPU they compile with Pallas's Triton
+  backend; on any other backend they run in Pallas's interpreter (correct but slow).
   """
   features: int
   activation: str = 'relu'
   masked: bool = True
   fused: bool = True
+  impl: str = 'xla'
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, mask: Array | None = None) -> Array:
+    if self.impl not in MRB_IMPLS:
+      raise ValueError(f'model.mrb_impl: {self.impl!r} is not one of {list(MRB_IMPLS)}')
+    if self.impl == 'pallas':
+      if not self.masked:
+        raise ValueError("model.mrb_impl='pallas' implements the masked block only "
+                         '(model.masked_conv=True)')
+      kw = dict(features=self.features, param_dtype=self.param_dtype)
+      mc1 = MaskedConvParams(**kw, name='mc1')(x.shape[-1])
+      mc2 = MaskedConvParams(**kw, name='mc2')(self.features)
+      return pallas_mrb.masked_residual_block(x, mc1, mc2, mask,
+                                              activation=get_activation(self.activation),
+                                              dtype=self.dtype)
     conv_cls = MaskedConv if self.masked else PlainConv
     kw = dict(features=self.features, activation=self.activation, fused=self.fused,
               dtype=self.dtype, param_dtype=self.param_dtype)

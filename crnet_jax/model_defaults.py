@@ -30,6 +30,10 @@ def get_model_config() -> ml_collections.ConfigDict:
   # reductions in place of the matmuls ('reduce'; no GEMM), or as a weighted sum of the block
   # outputs concatenated on the channel axis ('concat'; no stacked copy, no transpose, no GEMM).
   m.layer_attention_impl = 'stack'
+  # The masked residual blocks as XLA convolutions and elementwise ops ('xla') or as fused Pallas
+  # kernels, forward and backward ('pallas': crnet_jax/pallas_mrb.py; masked_conv=True only; on a
+  # backend other than a GPU the kernels run in Pallas's interpreter, correct but slow).
+  m.mrb_impl = 'xla'
   # Rematerialise activations in the backward pass: 'none', each LMRG pass ('lmrg') or each masked
   # residual block ('blocks'), keeping what `remat_policy` allows ('nothing_saveable',
   # 'dots_saveable': keep the conv outputs, 'dots_with_no_batch_dims_saveable').

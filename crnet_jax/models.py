@@ -70,6 +70,7 @@ class LMRG(nn.Module):
   layer_attention: bool = True
   fused_masked_conv: bool = True
   layer_attention_impl: str = 'stack'
+  mrb_impl: str = 'xla'  # the masked residual blocks as XLA ops or Pallas kernels
   remat_blocks: bool = False  # rematerialise each masked residual block (model.remat='blocks')
   remat_policy: str = 'nothing_saveable'
   dtype: Any = jnp.float32
@@ -96,7 +97,8 @@ class LMRG(nn.Module):
       blocks = []
       for b in range(self.num_blocks):
         h = block_cls(self.features, self.activation, masked=self.masked_conv,
-                      fused=self.fused_masked_conv, **common, name=f'block_{b}')(h, mask)
+                      fused=self.fused_masked_conv, impl=self.mrb_impl, **common,
+                      name=f'block_{b}')(h, mask)
         blocks.append(h)
       if energy_mask is not None:  # tiled inference, part one
         if not self.layer_attention:
@@ -137,6 +139,7 @@ class CRNet(nn.Module):
   layer_attention: bool = True
   fused_masked_conv: bool = True
   layer_attention_impl: str = 'stack'
+  mrb_impl: str = 'xla'
   remat: str = 'none'
   remat_policy: str = 'nothing_saveable'
   dtype: Any = jnp.float32
@@ -211,7 +214,7 @@ def lmrg_of(model: CRNet, name: str | None = None, remat: bool = False) -> LMRG:
   return cls(features=model.features, num_blocks=model.num_blocks, activation=model.activation,
              memory=model.memory, skip=model.skip, masked_conv=model.masked_conv,
              layer_attention=model.layer_attention, fused_masked_conv=model.fused_masked_conv,
-             layer_attention_impl=model.layer_attention_impl,
+             layer_attention_impl=model.layer_attention_impl, mrb_impl=model.mrb_impl,
              remat_blocks=model.remat == 'blocks', remat_policy=model.remat_policy,
              dtype=model.dtype, param_dtype=model.param_dtype, name=name)
 
@@ -245,7 +248,9 @@ def create_model(model_config: ml_collections.ConfigDict) -> CRNet:
   layer_attention_impl = model_config.get('layer_attention_impl', 'stack')
   remat = model_config.get('remat', 'none')
   policy = model_config.get('remat_policy', 'nothing_saveable')
+  mrb_impl = model_config.get('mrb_impl', 'xla')
   _check_choice('layer_attention_impl', layer_attention_impl, layers.LAYER_ATTENTION_IMPLS)
+  _check_choice('mrb_impl', mrb_impl, layers.MRB_IMPLS)
   _check_choice('remat', remat, REMAT)
   _check_choice('remat_policy', policy, REMAT_POLICIES)
   return CRNet(
@@ -260,6 +265,7 @@ def create_model(model_config: ml_collections.ConfigDict) -> CRNet:
       layer_attention=model_config.layer_attention,
       fused_masked_conv=model_config.fused_masked_conv,
       layer_attention_impl=layer_attention_impl,
+      mrb_impl=mrb_impl,
       remat=remat,
       remat_policy=policy,
       dtype=DTYPES[model_config.dtype],

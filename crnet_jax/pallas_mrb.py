@@ -1,0 +1,444 @@
+"""The masked residual block as Pallas kernels, forward and backward (`model.mrb_impl='pallas'`).
+
+It computes the function of `layers.MaskedResidualBlock` (masked, any activation; equal up to
+float rounding), with the same parameters (`mc1/{feature,mask}_{kernel,bias}`, `mc2/...`), so a checkpoint trained on
+either path runs on the other:
+
+```
+z   = m * (act(conv(x, Kf1) + bf1) * sigmoid(conv(x, Kg1) + bg1))   # MC1, then the pixel mask
+out = x + m * (act(conv(z, Kf2) + bf2) * sigmoid(conv(z, Kg2) + bg2))   # MC2, mask, residual
+```
+(3x3 SAME convolutions, NHWC, HWIO kernels; `m` = 1 without a pixel mask.) The convolutions take
+their inputs and weights in the compute dtype (float32 or bfloat16) and accumulate in float32;
+biases, gates, mask and residual sum are float32; `z` is stored in the compute dtype and the
+output in the wider of the input's dtype and the compute dtype, as the plain path does.
+
+Kernels (each a `pallas_call` over tiles of `tile = (TH, TW)` pixels of one image, all channels):
+
+- forward, 2 kernels: `_mc1` reads x, writes z; `_mc2` reads z and x, writes out. Each computes
+  its 3x3 convolution as 9 shifted matmuls (TH*TW, C) @ (C, C) for the feature half and 9 for the
+  mask half, accumulated in float32, with the bias, activation, sigmoid gate, pixel mask (and for
+  `_mc2` the residual) as the epilogue: the 2C pre-activations never leave the kernel.
+- backward (`jax.custom_vjp`; the residuals are x, z and the mask, nothing else is saved), 3
+  kernels: `_bwd_mc2` recomputes MC2's pre-activations from z and writes `dA2 = d(pre-activation
+  of MC2)` (feature and mask halves) and MC2's weight and bias gradients; `_bwd_mc1` computes
+  `dz = conv^T(dA2, K2)`, recomputes MC1's pre-activations from x and writes `dA1` and MC1's
+  weight and bias gradients; `_bwd_input` writes `dx = dout + conv^T(dA1, K1)`. The two weight
+  gradient kernels run one program per (image, row of tiles) that loops over the tiles of its
+  row and accumulates `sum_p tap_t(p)^T dA(p)` for the 9 taps in float32, writing one partial sum
+  per program (summed by XLA: a few KiB each).
+
+Tiling and halo: a program's 3x3 taps read the input at its tile shifted by -1..1 pixels, i.e.
+the tile with a 1-pixel halo, as 9 gathers of (TH*TW, C) from the whole array with the pixel
+coordinates clamped into the image and the pixels outside it replaced by zeros (the SAME
+padding): no padded copy, any H and W (tiles at the right and bottom edges are partial; their
+stores are masked). The halo is re-read from cache, not recomputed: the block is split into one
+kernel per MC because the second convolution needs MC1's output shifted by a pixel, which in
+Pallas's GPU (Triton) lowering cannot be done on values in registers (no value slicing), only by
+loads from memory.
+
+Expected GPU benefit, per block and per pixel, in C-channel activation reads/writes ("C-units",
+2 bytes each in bf16; `benchmarks/README.md` has the whole network's roofline):
+
+| | kernels | C-units | what |
+| --- | --- | --- | --- |
+| XLA forward | 4 | ~13 | conv -> 2C, gate fusion 2C -> C, conv -> 2C, gate + mask + residual fusion |
+| Pallas forward | 2 | 5 | x -> z (2), z + x -> out (3) |
+| XLA backward | ~8 | ~24 | per MC: gate-gradient fusion, input-gradient conv, weight-gradient conv |
+| Pallas backward | 3 (+ small sums) | 13 | z + dout -> dA2 (4), dA2 + x -> dA1 (5), dA1 + dout -> dx (4) |
+
+so about 2.5x fewer bytes for the forward pass and 1.8x for the backward pass, for 1.5x the
+block's FLOPs in the backward pass (6 convolutions instead of 4: both MCs' pre-activations are
+recomputed instead of saved). The blocks are 60% of CRNet's FLOPs and about half of its bytes,
+hence the prediction in `benchmarks/README.md` (a prediction: nothing here has run on a GPU yet).
+The kernels are not tuned: the tile size (`tile`), the Triton warps and the register pressure of
+the weight-gradient accumulators (9 x C x C float32 per half) are still to be measured.
+
+Backends: on a GPU the kernels are lowered with Pallas's Triton backend (`interpret=False`),
+which needs C and TH*TW to be powers of two and at least 16 (the default 32 channels and 8x16
+tiles are); the tests check that every kernel lowers for Triton, but not that it compiles or
+runs there. On any other backend (CPU, TPU) they run in Pallas's interpreter (`interpret=True`),
+which is how the tests check their numbers: correct, but slow (for tests and small runs only).
+XLA does not partition the kernels' custom calls over devices: for data-parallel training on
+several GPUs they would need `shard_map` (not done here), or use the `xla` path.
+"""
+
+from collections.abc import Callable, Sequence
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+import jax.numpy as jnp
+
+Array = jax.Array
+Dtype = Any
+
+DEFAULT_TILE = (8, 16)  # rows x columns of pixels per program: 128 rows of each matmul
+# Warps of the two weight-gradient kernels on a GPU: their 18 float32 C x C accumulators
+# (18,432 values at C = 32) need about 72 registers per thread over 8 warps (a guess, unmeasured).
+WEIGHT_GRAD_WARPS = 8
+# The 3x3 taps (dy, dx), in the order of the kernel's first two axes.
+TAPS = tuple((dy, dx) for dy in range(3) for dx in range(3))
+PARAM_NAMES = ('feature_kernel', 'mask_kernel', 'feature_bias', 'mask_bias')
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+  """What the kernels are specialised on (hashable: a `custom_vjp` nondiff argument)."""
+  activation: Callable[[Array], Array]
+  dtype: Any  # the compute dtype (a numpy dtype)
+  tile: tuple[int, int]
+  interpret: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class _Geometry:
+  """Array and tile sizes of one call: batch n, image h x w, channels c, tiles th x tw."""
+  n: int
+  h: int
+  w: int
+  c: int
+  th: int
+  tw: int
+
+  @property
+  def rows(self) -> int:  # tiles per column of the image
+    return pl.cdiv(self.h, self.th)
+
+  @property
+  def cols(self) -> int:  # tiles per row of the image
+    return pl.cdiv(self.w, self.tw)
+
+
+def masked_residual_block(x: Array, mc1: dict[str, Array], mc2: dict[str, Array],
+                          mask: Array | None = None, *,
+                          activation: Callable[[Array], Array] = jax.nn.relu,
+                          dtype: Dtype = jnp.float32, tile: Sequence[int] | None = None,
+                          interpret: bool | None = None) -> Array:
+  """`MRB(x) = x + m * MC2(m * MC1(x))`, `MC(v) = act(conv_f(v)) * sigmoid(conv_m(v))`.
+
+  Args:
+    x: (batch, H, W, C).
+    mc1, mc2: each MC's parameters as the plain path keeps them (`feature_kernel`,
+      `mask_kernel`: (3, 3, C, C); `feature_bias`, `mask_bias`: (C,)); cast to `dtype`.
+    mask: (batch, H, W, 1) pixel mask (`layers.apply_mask`) or None.
+    activation: of the feature convolutions.
+    dtype: the compute dtype.
+    tile: (rows, columns) of pixels per program, default `DEFAULT_TILE`.
+    interpret: run the kernels in Pallas's interpreter; default: unless the backend is a GPU.
+  Returns:
+    (batch, H, W, C) in the wider of `x.dtype` and `dtype`. Differentiable (`jax.custom_vjp`,
+    the backward pass is Pallas kernels too) wrt `x` and the parameters; not wrt `mask`.
+  """
+  if interpret is None:
+    interpret = jax.default_backend() != 'gpu'
+  tile = tuple(int(t) for t in (tile or DEFAULT_TILE))
+  channels = x.shape[-1]
+  for name, p in (('mc1', mc1), ('mc2', mc2)):
+    for key in PARAM_NAMES:
+      want = (3, 3, channels, channels) if key.endswith('kernel') else (channels,)
+      if tuple(p[key].shape) != want:
+        raise ValueError(f'model.mrb_impl=pallas: {name}/{key} has shape {p[key].shape}, '
+                         f'expected {want} (a block of {channels} -> {channels} channels)')
+  if not interpret:
+    pow2 = lambda v: v >= 16 and v & (v - 1) == 0
+    if not (pow2(channels) and pow2(tile[0] * tile[1])):
+      raise ValueError(f'model.mrb_impl=pallas: the GPU kernels need the channels ({channels}) '
+                       f'and the pixels per tile ({tile[0]} x {tile[1]}) to be powers of two '
+                       '>= 16')
+  static = _Static(activation, jnp.dtype(dtype), tile, bool(interpret))
+  params = tuple(jnp.asarray(p[k]).astype(dtype) for p in (mc1, mc2) for k in PARAM_NAMES)
+  if mask is not None:
+    mask = jax.lax.stop_gradient(mask.astype(jnp.float32))
+  return _mrb(static, x, mask, params)
+
+
+# ------------------------------------------------------------------------------------------------
+# The pieces the kernels are made of (traced inside the kernels).
+
+
+def _tile_pixels(geo: _Geometry, i, j) -> tuple[Array, Array, Array]:
+  """Rows, columns (each (TH*TW, 1) int32) of tile (i, j)'s pixels and whether each is real."""
+  p = jax.lax.broadcasted_iota(jnp.int32, (geo.th * geo.tw, 1), 0)
+  rows = i * geo.th + p // geo.tw
+  cols = j * geo.tw + p % geo.tw
+  return rows, cols, (rows < geo.h) & (cols < geo.w)
+
+
+def _gather(ref, n, rows: Array, cols: Array, geo: _Geometry) -> Array:
+  """`ref[n, rows, cols, :]` (TH*TW, channels), zero where the pixel is outside the image."""
+  inside = (rows >= 0) & (rows < geo.h) & (cols >= 0) & (cols < geo.w)
+  channels = jax.lax.broadcasted_iota(jnp.int32, (1, ref.shape[-1]), 1)
+  values = ref[n, jnp.clip(rows, 0, geo.h - 1), jnp.clip(cols, 0, geo.w - 1), channels]
+  return jnp.where(inside, values, jnp.zeros_like(values))
+
+
+def _conv_taps(ref, n, rows: Array, cols: Array, geo: _Geometry, dtype) -> list[Array]:
+  """The 9 shifted inputs `v(p + (dy - 1, dx - 1))` of a 3x3 SAME conv at the tile's pixels."""
+  return [_gather(ref, n, rows + dy - 1, cols + dx - 1, geo).astype(dtype) for dy, dx in TAPS]
+
+
+def _conv(taps: Sequence[Array], kernel_ref) -> Array:
+  """`sum_t taps[t] @ K[t]`, float32: the 3x3 convolution (no bias) at the tile's pixels."""
+  acc = None
+  for (dy, dx), tap in zip(TAPS, taps):
+    term = jnp.dot(tap, kernel_ref[dy, dx], preferred_element_type=jnp.float32)
+    acc = term if acc is None else acc + term
+  return acc
+
+
+def _gates(taps, kf_ref, kg_ref, bf_ref, bg_ref) -> tuple[Array, Array]:
+  """The MC's pre-activations (f, g) = (conv_f + b_f, conv_m + b_m), float32 (TH*TW, C)."""
+  f = _conv(taps, kf_ref) + bf_ref[...].astype(jnp.float32)
+  g = _conv(taps, kg_ref) + bg_ref[...].astype(jnp.float32)
+  return f, g
+
+
+def _gated(static: _Static, f: Array, g: Array) -> Array:
+  """`MC = act(f) * sigmoid(g)`."""
+  return static.activation(f) * jax.nn.sigmoid(g)
+
+
+def _gate_grads(static: _Static, f: Array, g: Array, d_out: Array) -> tuple[Array, Array]:
+  """Gradients of `act(f) * sigmoid(g)` wrt f and g, given that of the output."""
+  act, d_act = jax.jvp(static.activation, (f,), (jnp.ones_like(f),))
+  s = jax.nn.sigmoid(g)
+  return d_out * s * d_act, d_out * act * s * (1.0 - s)
+
+
+def _store_tile(ref, value: Array, real: Array, geo: _Geometry, j=None) -> None:
+  """Stores a tile's (TH*TW, C) values: into a (1, TH, TW, C) block, or at tile column `j` of a
+  (1, TH, W, C) block; pixels outside the image are masked off."""
+  shape = (1, geo.th, geo.tw, value.shape[-1])
+  if j is not None:
+    ref = ref.at[:, :, pl.ds(j * geo.tw, geo.tw), :]
+  pltriton.store(ref, value.reshape(shape).astype(ref.dtype),
+                 mask=jnp.broadcast_to(real.reshape(shape[:3] + (1,)), shape))
+
+
+def _flip(kernel: Array) -> Array:
+  """`K'[s] = K[2 - s]^T`: the kernel of the transposed convolution (the input gradient)."""
+  return jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernels.
+
+
+def _mc1_kernel(static, geo, has_mask, x_ref, *refs):
+  """z = m * MC1(x) on one tile."""
+  m_ref, (kf, kg, bf, bg, z_ref) = (refs[0], refs[1:]) if has_mask else (None, refs)
+  n, i, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+  rows, cols, real = _tile_pixels(geo, i, j)
+  f, g = _gates(_conv_taps(x_ref, n, rows, cols, geo, static.dtype), kf, kg, bf, bg)
+  z = _gated(static, f, g)
+  if has_mask:
+    z = z * _gather(m_ref, n, rows, cols, geo)
+  _store_tile(z_ref, z, real, geo)
+
+
+def _mc2_kernel(static, geo, has_mask, z_ref, x_ref, *refs):
+  """out = x + m * MC2(z) on one tile."""
+  m_ref, (kf, kg, bf, bg, o_ref) = (refs[0], refs[1:]) if has_mask else (None, refs)
+  n, i, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+  rows, cols, real = _tile_pixels(geo, i, j)
+  f, g = _gates(_conv_taps(z_ref, n, rows, cols, geo, static.dtype), kf, kg, bf, bg)
+  y = _gated(static, f, g)
+  if has_mask:
+    y = y * _gather(m_ref, n, rows, cols, geo)
+  _store_tile(o_ref, _gather(x_ref, n, rows, cols, geo).astype(jnp.float32) + y, real, geo)
+
+
+def _weight_grads(taps: Sequence[Array], d: Array, dtype) -> list[Array]:
+  """`tap_t^T @ d` for the 9 taps, float32 (C, C) each: one tile's share of dK."""
+  d = d.astype(dtype)
+  return [jax.lax.dot_general(t, d, (((0,), (0,)), ((), ())),
+                              preferred_element_type=jnp.float32) for t in taps]
+
+
+def _accumulate(carry, taps, df, dg, dtype):
+  """Adds one tile's kernel and bias gradients (feature and mask halves) to the running sums."""
+  dkf, dkg, dbf, dbg = carry
+  dkf = [a + b for a, b in zip(dkf, _weight_grads(taps, df, dtype))]
+  dkg = [a + b for a, b in zip(dkg, _weight_grads(taps, dg, dtype))]
+  # The biases' gradients sum the same (rounded) values as the kernels'.
+  dbf = dbf + jnp.sum(df.astype(dtype).astype(jnp.float32), axis=0, keepdims=True)
+  dbg = dbg + jnp.sum(dg.astype(dtype).astype(jnp.float32), axis=0, keepdims=True)
+  return dkf, dkg, dbf, dbg
+
+
+def _zero_sums(c: int):
+  zeros = lambda *s: jnp.zeros(s, jnp.float32)
+  return [zeros(c, c) for _ in TAPS], [zeros(c, c) for _ in TAPS], zeros(1, c), zeros(1, c)
+
+
+def _write_sums(sums, dkf_ref, dkg_ref, dbf_ref, dbg_ref) -> None:
+  dkf, dkg, dbf, dbg = sums
+  for t in range(len(TAPS)):
+    dkf_ref[0, 0, t] = dkf[t]
+    dkg_ref[0, 0, t] = dkg[t]
+  dbf_ref[0, 0] = dbf
+  dbg_ref[0, 0] = dbg
+
+
+def _bwd_mc2_kernel(static, geo, has_mask, z_ref, dout_ref, *refs):
+  """dA2 = d(MC2's pre-activations) and MC2's weight and bias gradients, for a row of tiles."""
+  m_ref, refs = (refs[0], refs[1:]) if has_mask else (None, refs)
+  kf, kg, bf, bg, daf_ref, dag_ref, *sum_refs = refs
+  n, i = pl.program_id(0), pl.program_id(1)
+
+  def tile(j, sums):
+    rows, cols, real = _tile_pixels(geo, i, j)
+    taps = _conv_taps(z_ref, n, rows, cols, geo, static.dtype)
+    f, g = _gates(taps, kf, kg, bf, bg)
+    d = _gather(dout_ref, n, rows, cols, geo).astype(jnp.float32)
+    if has_mask:
+      d = d * _gather(m_ref, n, rows, cols, geo)
+    df, dg = _gate_grads(static, f, g, d)
+    _store_tile(daf_ref, df, real, geo, j)
+    _store_tile(dag_ref, dg, real, geo, j)
+    return _accumulate(sums, taps, df, dg, static.dtype)
+
+  _write_sums(jax.lax.fori_loop(0, geo.cols, tile, _zero_sums(geo.c)), *sum_refs)
+
+
+def _bwd_mc1_kernel(static, geo, has_mask, daf2_ref, dag2_ref, x_ref, *refs):
+  """dz = conv^T(dA2, K2), then dA1 and MC1's weight and bias gradients, for a row of tiles."""
+  m_ref, refs = (refs[0], refs[1:]) if has_mask else (None, refs)
+  kf2t, kg2t, kf, kg, bf, bg, daf_ref, dag_ref, *sum_refs = refs
+  n, i = pl.program_id(0), pl.program_id(1)
+
+  def tile(j, sums):
+    rows, cols, real = _tile_pixels(geo, i, j)
+    dz = (_conv(_conv_taps(daf2_ref, n, rows, cols, geo, static.dtype), kf2t)
+          + _conv(_conv_taps(dag2_ref, n, rows, cols, geo, static.dtype), kg2t))
+    if has_mask:
+      dz = dz * _gather(m_ref, n, rows, cols, geo)
+    dz = jnp.where(real, dz, 0.0)  # no gradient reaches the pixels beyond the image
+    taps = _conv_taps(x_ref, n, rows, cols, geo, static.dtype)
+    f, g = _gates(taps, kf, kg, bf, bg)
+    df, dg = _gate_grads(static, f, g, dz)
+    _store_tile(daf_ref, df, real, geo, j)
+    _store_tile(dag_ref, dg, real, geo, j)
+    return _accumulate(sums, taps, df, dg, static.dtype)
+
+  _write_sums(jax.lax.fori_loop(0, geo.cols, tile, _zero_sums(geo.c)), *sum_refs)
+
+
+def _bwd_input_kernel(static, geo, daf1_ref, dag1_ref, dout_ref, kf1t, kg1t, dx_ref):
+  """dx = dout + conv^T(dA1, K1) on one tile."""
+  n, i, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+  rows, cols, real = _tile_pixels(geo, i, j)
+  dx = (_conv(_conv_taps(daf1_ref, n, rows, cols, geo, static.dtype), kf1t)
+        + _conv(_conv_taps(dag1_ref, n, rows, cols, geo, static.dtype), kg1t))
+  _store_tile(dx_ref, _gather(dout_ref, n, rows, cols, geo).astype(jnp.float32) + dx, real,
+              geo)
+
+
+# ------------------------------------------------------------------------------------------------
+# pallas_call wrappers.
+
+
+def _whole(a: Array) -> pl.BlockSpec:
+  """The whole array in every program (the kernels gather what they need from it)."""
+  return pl.BlockSpec(a.shape, lambda *_: (0,) * a.ndim)
+
+
+def _call(kernel, static: _Static, grid, inputs, out_specs, out_shape, name, num_warps=4):
+  """`pallas_call` of `kernel` with every input whole; `num_warps`: of each Triton program."""
+  params = None if static.interpret else pltriton.CompilerParams(num_warps=num_warps)
+  return pl.pallas_call(
+      kernel, out_shape=out_shape, grid=grid, in_specs=[_whole(a) for a in inputs],
+      out_specs=out_specs, interpret=static.interpret, name=name,
+      compiler_params=params)(*inputs)
+
+
+def _tile_spec(geo: _Geometry, c: int) -> pl.BlockSpec:
+  return pl.BlockSpec((1, geo.th, geo.tw, c), lambda n, i, j: (n, i, j, 0))
+
+
+def _row_spec(geo: _Geometry, c: int) -> pl.BlockSpec:
+  return pl.BlockSpec((1, geo.th, geo.w, c), lambda n, i: (n, i, 0, 0))
+
+
+def _sum_specs(geo: _Geometry) -> tuple[list[pl.BlockSpec], list[jax.ShapeDtypeStruct]]:
+  c, taps = geo.c, len(TAPS)
+  specs = [pl.BlockSpec((1, 1, taps, c, c), lambda n, i: (n, i, 0, 0, 0))] * 2 + [
+      pl.BlockSpec((1, 1, 1, c), lambda n, i: (n, i, 0, 0))] * 2
+  shapes = [jax.ShapeDtypeStruct((geo.n, geo.rows, taps, c, c), jnp.float32)] * 2 + [
+      jax.ShapeDtypeStruct((geo.n, geo.rows, 1, c), jnp.float32)] * 2
+  return specs, shapes
+
+
+def _geometry(static: _Static, x: Array) -> _Geometry:
+  n, h, w, c = x.shape
+  return _Geometry(n, h, w, c, *static.tile)
+
+
+def _mc_params(params, which: int):
+  kf, kg, bf, bg = params[4 * which: 4 * which + 4]
+  return kf, kg, bf.reshape(1, -1), bg.reshape(1, -1)
+
+
+def _forward(static: _Static, x: Array, mask: Array | None, params) -> tuple[Array, Array]:
+  geo = _geometry(static, x)
+  masks = [] if mask is None else [mask]
+  grid = (geo.n, geo.rows, geo.cols)
+  z = _call(functools.partial(_mc1_kernel, static, geo, mask is not None), static, grid,
+            [x, *masks, *_mc_params(params, 0)], _tile_spec(geo, geo.c),
+            jax.ShapeDtypeStruct(x.shape, static.dtype), 'mrb_mc1')
+  out_dtype = jnp.result_type(x.dtype, static.dtype)
+  out = _call(functools.partial(_mc2_kernel, static, geo, mask is not None), static, grid,
+              [z, x, *masks, *_mc_params(params, 1)], _tile_spec(geo, geo.c),
+              jax.ShapeDtypeStruct(x.shape, out_dtype), 'mrb_mc2')
+  return out, z
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _mrb(static: _Static, x: Array, mask: Array | None, params) -> Array:
+  return _forward(static, x, mask, params)[0]
+
+
+def _mrb_fwd(static, x, mask, params):
+  out, z = _forward(static, x, mask, params)
+  return out, (x, mask, z, params)
+
+
+def _mrb_bwd(static, residuals, d_out):
+  """The block's backward pass: 3 kernels (see the module docstring)."""
+  x, mask, z, params = residuals
+  geo = _geometry(static, x)
+  masks = [] if mask is None else [mask]
+  has_mask = mask is not None
+  rows_grid = (geo.n, geo.rows)
+  sum_specs, sum_shapes = _sum_specs(geo)
+  da_shape = jax.ShapeDtypeStruct(x.shape, static.dtype)
+  row_specs = [_row_spec(geo, geo.c)] * 2
+  kf1, kg1, bf1, bg1 = _mc_params(params, 0)
+  kf2, kg2, bf2, bg2 = _mc_params(params, 1)
+  daf2, dag2, *sums2 = _call(
+      functools.partial(_bwd_mc2_kernel, static, geo, has_mask), static, rows_grid,
+      [z, d_out, *masks, kf2, kg2, bf2, bg2], row_specs + sum_specs,
+      [da_shape] * 2 + sum_shapes, 'mrb_bwd_mc2', WEIGHT_GRAD_WARPS)
+  daf1, dag1, *sums1 = _call(
+      functools.partial(_bwd_mc1_kernel, static, geo, has_mask), static, rows_grid,
+      [daf2, dag2, x, *masks, _flip(kf2), _flip(kg2), kf1, kg1, bf1, bg1],
+      row_specs + sum_specs, [da_shape] * 2 + sum_shapes, 'mrb_bwd_mc1', WEIGHT_GRAD_WARPS)
+  dx = _call(functools.partial(_bwd_input_kernel, static, geo), static,
+             (geo.n, geo.rows, geo.cols), [daf1, dag1, d_out, _flip(kf1), _flip(kg1)],
+             _tile_spec(geo, geo.c), jax.ShapeDtypeStruct(x.shape, x.dtype), 'mrb_bwd_input')
+
+  def param_grads(sums):
+    dkf, dkg, dbf, dbg = (jnp.sum(s, axis=(0, 1)) for s in sums)
+    kernel = lambda dk: dk.reshape(3, 3, geo.c, geo.c).astype(static.dtype)
+    return (kernel(dkf), kernel(dkg), dbf.reshape(-1).astype(static.dtype),
+            dbg.reshape(-1).astype(static.dtype))
+
+  d_mask = None if mask is None else jnp.zeros_like(mask)
+  return dx, d_mask, (*param_grads(sums1), *param_grads(sums2))
+
+
+_mrb.defvjp(_mrb_fwd, _mrb_bwd)
