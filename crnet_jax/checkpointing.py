@@ -21,7 +21,7 @@ With several processes every process calls `save` (each writes its shards of the
 process (the global step; see `input_pipeline.TrainIterator`), so one JSON item holds it.
 
 `check_writable(workdir)` fails fast, before any data is built, when the workdir or its checkpoint
-folders cannot be written; `pause_for_tests` is a test-only hook (see its docstring).
+folders cannot be written.
 
 A training run holds its checkpoints in a `RunCheckpoints`: it resumes from the newest intact
 latest checkpoint (`resume`), saves the latest and the best ones, and turns a failed save, which
@@ -54,8 +54,6 @@ import os
 import re
 import shutil
 import socket
-import sys
-import threading
 import time
 from typing import Any, Callable, Iterator, Mapping
 
@@ -70,11 +68,7 @@ LATEST_DIR = 'checkpoints'
 BEST_DIR = 'best'
 BEST_METRIC = 'psnr'
 LOCK_FILE = '.lock'
-# Test-only hook (tests/test_kill_resume.py): 'WHERE@STEP', WHERE in 'step', 'eval', 'save'.
-PAUSE_ENV = 'CRNET_TEST_PAUSE_IN'
-PAUSE_MARKER = 'CRNET_TEST_PAUSED'
 DAMAGED_SUFFIX = '.damaged'
-_WAKE = threading.Event()
 
 
 class WorkdirBusyError(OSError):
@@ -87,49 +81,6 @@ class DamagedCheckpointError(OSError):
 
 class CheckpointSaveError(OSError):
   """Writing a checkpoint failed (disk full, workdir gone...): the message names the folder."""
-
-
-def pause_for_tests(where: str, step: int) -> None:
-  """Test-only: when `$CRNET_TEST_PAUSE_IN` is `f'{where}@{step}'`, prints a marker and waits.
-
-  The kill/resume tests set the variable in a training subprocess, wait for the line
-  `CRNET_TEST_PAUSED <where> <step>` on its stderr and send a signal, so that it lands
-  reliably during a train step ('step', the step's computation dispatched but nothing saved),
-  an evaluation ('eval') or a checkpoint save ('save', with every file of the checkpoint written
-  to its temporary folder but not yet committed). The wait ends after an hour, or as soon as a
-  stop is requested (`wake_paused`, called on SIGTERM or SIGINT: the run then goes on to save
-  and stop). Without the variable this does nothing.
-  """
-  if os.environ.get(PAUSE_ENV) == f'{where}@{step}':
-    print(f'{PAUSE_MARKER} {where} {step}', file=sys.stderr, flush=True)
-    deadline = time.monotonic() + 3600
-    while not _WAKE.is_set() and time.monotonic() < deadline:
-      _WAKE.wait(0.1)
-
-
-def wake_paused() -> None:
-  """Ends a `pause_for_tests` wait (a stop was requested)."""
-  _WAKE.set()
-
-
-def _install_save_pause_hook() -> None:
-  """With `$CRNET_TEST_PAUSE_IN=save@N`, the commit (rename) of `checkpoints/N` pauses first."""
-  spec = os.environ.get(PAUSE_ENV, '')
-  if not spec.startswith('save@'):
-    return
-  cls = ocp.path.atomicity.AtomicRenameTemporaryPath
-  if getattr(cls.finalize, '_crnet_pause', False):
-    return
-  original = cls.finalize
-
-  async def finalize(self):
-    final = self.get_final()
-    if final.parent.name == LATEST_DIR and final.name.isdigit():
-      pause_for_tests('save', int(final.name))
-    return await original(self)
-
-  finalize._crnet_pause = True  # pylint: disable=protected-access
-  cls.finalize = finalize
 
 
 def check_writable(workdir: str) -> None:
@@ -366,7 +317,6 @@ def latest_manager(workdir: str, max_to_keep: int = 3,
 
   Unless read-only, it deletes the temporary folders of saves that were interrupted.
   """
-  _install_save_pause_hook()
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
                                          read_only=read_only,
                                          cleanup_tmp_directories=not read_only)

@@ -661,7 +661,6 @@ class StopSignals:
     self.signum = signum
     logging.warning('%s: stopping after the current step, with its checkpoint (press Ctrl-C '
                     'again to abort at once, losing the work since the last checkpoint).', name)
-    checkpointing.wake_paused()
     if self._sync:
       os.kill(os.getpid(), signal.SIGTERM)  # jax's preemption service tells every process
 
@@ -748,7 +747,6 @@ def _evaluate(fns: Functions, eval_ds: input_pipeline.EvalDataset, num_images: i
   t = time.time()
   results, examples = evaluation.evaluate(fns, state.params, state.teacher_params, eval_ds,
                                           num_images)
-  checkpointing.pause_for_tests('eval', step)
   parts = [f'{k}={results[k]:.4f}' for k in sorted(results) if k != 'num_images']
   logging.info('Eval at step %d (epoch %.2f, %d test images, %.1f s): %s', step,
                step / steps_per_epoch, results['num_images'], time.time() - t, ', '.join(parts))
@@ -830,7 +828,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     for step in range(start_step + 1, total_steps + 1):
       state, step_metrics = fns.train_step(state, global_batch(next(train_iter),
                                                                fns.data_sharding))
-      checkpointing.pause_for_tests('step', step)
       finite.add(step, step_metrics)
       means.add(step_metrics)
       if step == start_step + 1:
