@@ -1,4 +1,9 @@
-"""`ConfigError` and the predicates the config checks share (`train.validate_config`)."""
+"""`ConfigError` and the predicates the config checks share.
+
+Each config field is checked once, before anything runs, by the module that reads it:
+`input_pipeline.check_config` (`method` and the `data` fields), `models.create_model` (the `model`
+fields) and `train.validate_config` (the training fields; it calls the other two).
+"""
 
 from __future__ import annotations
 

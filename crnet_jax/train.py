@@ -2,10 +2,12 @@
 
 `train_and_evaluate(config, workdir)` runs a whole experiment; each concern lives in its module:
 
-- Config (`validate_config`): checked before anything runs (`ConfigError` naming the key).
-- Data (`input_pipeline`): the training batches (`create_train_iterator`: process-local numpy
-  batches, turned into global arrays sharded on the mesh axis 'data') and the test batches
-  (`create_eval_dataset`).
+- Config (`validate_config`): every field is checked once, before anything runs, by the module
+  that reads it (`ConfigError` naming the key): the data fields by `input_pipeline.check_config`,
+  the model fields by `models.create_model`, the training fields here.
+- Data (`input_pipeline`): the datasets are built once (`load_data`) and give the training batches
+  (`create_train_iterator`: process-local numpy batches, turned into global arrays sharded on the
+  mesh axis 'data') and the test batches (`create_eval_dataset`).
 - State and steps (here): `TrainState` (step, params, teacher_params, opt_state, rng), replicated
   on a 1-D mesh of all devices; the batch is sharded over the devices. The steps are `jax.jit`ted
   with the state donated. No pmap: the same code runs on one device, many devices and many hosts.
@@ -90,7 +92,7 @@ from crnet_jax.config_checks import need
 
 Array = jax.Array
 PyTree = Any
-METHODS = ('supervised', 'mcmt')
+METHODS = input_pipeline.METHODS
 DATA_AXIS = 'data'
 
 
@@ -170,33 +172,17 @@ class StepConfig:
 # Config.
 
 
-def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
-  """Raises ConfigError naming the first bad key of `config` (checked before anything runs)."""
+def validate_config(config: ml_collections.ConfigDict,
+                    num_devices: int | None = None) -> models.CRNet:
+  """Raises ConfigError naming the first bad key of `config` (checked before anything runs).
+
+  Each field is checked once, by the module that reads it: `method` and the data fields by
+  `input_pipeline.check_config`, the training fields here, the model fields by
+  `models.create_model`, which builds the model: it is returned, for the run to use.
+  """
   num_devices = jax.device_count() if num_devices is None else num_devices
-  need(config.method in METHODS, f"method must be 'supervised' or 'mcmt', got {config.method!r}")
+  input_pipeline.check_config(config, num_devices)
   d = config.data
-  keys = ['batch_size'] + (['unlabeled_batch_size'] if config.method == 'mcmt' else [])
-  for key in keys:
-    v = d[key]
-    need(is_int(v) and v > 0 and v % num_devices == 0,
-         f'data.{key} must be a positive multiple of the number of devices ({num_devices}), '
-         f'got {v!r}')
-  need(d.dataset in input_pipeline.DATASETS,
-       f'data.dataset must be one of {input_pipeline.DATASETS}, got {d.dataset!r}')
-  dirs = d.get('unlabeled_dirs', ())
-  need(isinstance(dirs, str) or (isinstance(dirs, (tuple, list)) and
-                                 all(isinstance(x, str) for x in dirs)),
-       f'data.unlabeled_dirs must be a folder or a tuple of folders, got {dirs!r}')
-  need(is_num(d.label_fraction) and 0.0 < d.label_fraction <= 1.0,
-       f'data.label_fraction must be in (0, 1], got {d.label_fraction!r}')
-  e = d.get('epoch_images', 'labeled')
-  need(e in input_pipeline.EPOCH_IMAGES,
-       f'data.epoch_images must be one of {input_pipeline.EPOCH_IMAGES}, got {e!r}')
-  for key in ('patch_size', 'patches_per_image', 'eval_batch_size'):
-    need(is_int(d[key]) and d[key] > 0, f'data.{key} must be a positive integer, got {d[key]!r}')
-  w = d.get('num_workers', 0)
-  need(is_int(w) and w >= 0,
-       f'data.num_workers must be a non-negative integer (0 = load in the main process), got {w!r}')
   need(d.patch_size >= losses.SSIM_WINDOW,
        f'data.patch_size must be at least the SSIM window ({losses.SSIM_WINDOW}), got '
        f'{d.patch_size!r}')
@@ -235,7 +221,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
   k = config.get('num_eval_images', 0)
   need(is_int(k) and k >= 0, f'num_eval_images must be a non-negative integer, got {k!r}')
   try:
-    models.create_model(config.model)  # checks every model field
+    return models.create_model(config.model)  # checks every model field
   except (ValueError, TypeError) as e:
     raise ConfigError(str(e)) from e
 
@@ -677,11 +663,12 @@ class StopSignals:
 # The experiment.
 
 
-def _train_iterator(config: ml_collections.ConfigDict) -> input_pipeline.TrainIterator:
+def _train_iterator(config: ml_collections.ConfigDict,
+                    data: input_pipeline.Data) -> input_pipeline.TrainIterator:
   """This process's training batches; with several processes, a line says which share it reads."""
   index, count = jax.process_index(), jax.process_count()
   train_iter = input_pipeline.create_train_iterator(config, process_index=index,
-                                                    process_count=count)
+                                                    process_count=count, data=data)
   if count > 1:
     d, mcmt = config.data, config.method == 'mcmt'
     logging.info('Process %d of %d reads its shard: %d of the %d labeled%s patches of each step.',
@@ -691,12 +678,13 @@ def _train_iterator(config: ml_collections.ConfigDict) -> input_pipeline.TrainIt
   return train_iter
 
 
-def _eval_dataset(config: ml_collections.ConfigDict) -> input_pipeline.EvalDataset:
+def _eval_dataset(config: ml_collections.ConfigDict,
+                  data: input_pipeline.Data) -> input_pipeline.EvalDataset:
   """The test batches, once every test image is found to hold the SSIM window.
 
   Every data check is done before the workdir is touched.
   """
-  eval_ds = input_pipeline.create_eval_dataset(config, 'test')
+  eval_ds = input_pipeline.create_eval_dataset(config, 'test', data)
   input_pipeline.check_eval_sizes(eval_ds, losses.SSIM_WINDOW)
   return eval_ds
 
@@ -784,21 +772,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     NonFiniteLossError: the loss became NaN or infinite (the step and its terms are named).
     TrainingStopped: SIGTERM or SIGINT arrived; the checkpoint of the step it stopped at is saved.
   """
-  validate_config(config)
+  model = validate_config(config)
   logs.quiet_libraries()  # main.py has done it already; for Python callers
   workdir = os.path.abspath(workdir)
   checkpointing.check_writable(workdir)  # before building any data: fail in seconds
   is_main = jax.process_index() == 0
-  # Every process validates the data (same errors everywhere) and builds the datasets; with a
-  # shared data_dir the first build wins and the others reuse it (datasets.base.prepare).
-  summary = input_pipeline.dataset_summary(config)
+  # Every process validates the data (same errors everywhere) and builds the datasets, once; with
+  # a shared data_dir the first build wins and the others reuse it (datasets.base.prepare).
+  data = input_pipeline.load_data(config)
+  summary = input_pipeline.dataset_summary(config, data)
   spe, total_steps, patches_per_step = _plan(config, summary)
   with contextlib.ExitStack() as stack:  # closes, in reverse order, what is opened below
-    train_iter = _train_iterator(config)
+    train_iter = _train_iterator(config, data)
     stack.callback(train_iter.close)
-    eval_ds = _eval_dataset(config) if summary['test'] else None
-    fns = compiled_functions(models.create_model(config.model), StepConfig.from_config(config, spe),
-                             create_mesh())
+    eval_ds = _eval_dataset(config, data) if summary['test'] else None
+    fns = compiled_functions(model, StepConfig.from_config(config, spe), create_mesh())
     t0 = time.time()
     state = _init_state(fns, config, workdir)
     # One writer: a second run stops here, having changed nothing in the workdir (a run refused
