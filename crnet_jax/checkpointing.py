@@ -21,7 +21,12 @@ With several processes every process calls `save` (each writes its shards of the
 process (the global step; see `input_pipeline.TrainIterator`), so one JSON item holds it.
 
 `check_writable(workdir)` fails fast, before any data is built, when the workdir or its checkpoint
-folders cannot be written; `pause_for_tests` is a test-only hook (see its docstring).
+folders cannot be written.
+
+A training run holds its checkpoints in a `RunCheckpoints`: it resumes from the newest intact
+latest checkpoint (`resume`), saves the latest and the best ones, and turns a failed save, which
+orbax reports at the next save or wait, into a `CheckpointSaveError` naming the folder and the
+last complete checkpoint.
 
 One writer per workdir: `lock_workdir` takes an exclusive `fcntl.flock` on `workdir/.lock`
 (process 0 of a run; the file holds its host name and pid). The OS drops the lock when the
@@ -49,8 +54,6 @@ import os
 import re
 import shutil
 import socket
-import sys
-import threading
 import time
 from typing import Any, Callable, Iterator, Mapping
 
@@ -59,15 +62,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from crnet_jax.config_checks import ConfigError
+
 LATEST_DIR = 'checkpoints'
 BEST_DIR = 'best'
 BEST_METRIC = 'psnr'
-# Test-only hook (tests/test_kill_resume.py): 'WHERE@STEP', WHERE in 'step', 'eval', 'save'.
-PAUSE_ENV = 'CRNET_TEST_PAUSE_IN'
-PAUSE_MARKER = 'CRNET_TEST_PAUSED'
 LOCK_FILE = '.lock'
 DAMAGED_SUFFIX = '.damaged'
-_WAKE = threading.Event()
 
 
 class WorkdirBusyError(OSError):
@@ -78,47 +79,8 @@ class DamagedCheckpointError(OSError):
   """A checkpoint cannot be read (a truncated or corrupt file): the message names it."""
 
 
-def pause_for_tests(where: str, step: int) -> None:
-  """Test-only: when `$CRNET_TEST_PAUSE_IN` is `f'{where}@{step}'`, prints a marker and waits.
-
-  The kill/resume tests set the variable in a training subprocess, wait for the line
-  `CRNET_TEST_PAUSED <where> <step>` on its stderr and send a signal, so that it lands
-  reliably during a train step ('step', the step's computation dispatched but nothing saved),
-  an evaluation ('eval') or a checkpoint save ('save', with every file of the checkpoint written
-  to its temporary folder but not yet committed). The wait ends after an hour, or as soon as a
-  stop is requested (`wake_paused`, called on SIGTERM or SIGINT: the run then goes on to save
-  and stop). Without the variable this does nothing.
-  """
-  if os.environ.get(PAUSE_ENV) == f'{where}@{step}':
-    print(f'{PAUSE_MARKER} {where} {step}', file=sys.stderr, flush=True)
-    deadline = time.monotonic() + 3600
-    while not _WAKE.is_set() and time.monotonic() < deadline:
-      _WAKE.wait(0.1)
-
-
-def wake_paused() -> None:
-  """Ends a `pause_for_tests` wait (a stop was requested)."""
-  _WAKE.set()
-
-
-def _install_save_pause_hook() -> None:
-  """With `$CRNET_TEST_PAUSE_IN=save@N`, the commit (rename) of `checkpoints/N` pauses first."""
-  spec = os.environ.get(PAUSE_ENV, '')
-  if not spec.startswith('save@'):
-    return
-  cls = ocp.path.atomicity.AtomicRenameTemporaryPath
-  if getattr(cls.finalize, '_crnet_pause', False):
-    return
-  original = cls.finalize
-
-  async def finalize(self):
-    final = self.get_final()
-    if final.parent.name == LATEST_DIR and final.name.isdigit():
-      pause_for_tests('save', int(final.name))
-    return await original(self)
-
-  finalize._crnet_pause = True  # pylint: disable=protected-access
-  cls.finalize = finalize
+class CheckpointSaveError(OSError):
+  """Writing a checkpoint failed (disk full, workdir gone...): the message names the folder."""
 
 
 def check_writable(workdir: str) -> None:
@@ -355,7 +317,6 @@ def latest_manager(workdir: str, max_to_keep: int = 3,
 
   Unless read-only, it deletes the temporary folders of saves that were interrupted.
   """
-  _install_save_pause_hook()
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
                                          read_only=read_only,
                                          cleanup_tmp_directories=not read_only)
@@ -522,3 +483,181 @@ def _describe_intact(workdir: str, exclude: str) -> str:
   if not found:
     return 'The run has no intact checkpoint.'
   return f'Intact checkpoints of this run: {", ".join(found)}{hint}.'
+
+
+# ------------------------------------------------------------------------------------------------
+# The checkpoints of a training run.
+
+
+def saved_config_changes(workdir: str, config: Any) -> list[str] | None:
+  """The model/method fields where `workdir/config.json` differs from `config` (None: no file)."""
+  try:
+    with open(os.path.join(workdir, 'config.json')) as f:
+      saved = json.load(f)
+  except (OSError, ValueError):
+    return None
+  current = json.loads(config.to_json_best_effort())
+  changes = []
+  if saved.get('method') != current.get('method'):
+    changes.append(f'method ({saved.get("method")!r} saved, {current.get("method")!r} now)')
+  saved_model, model = saved.get('model') or {}, current.get('model') or {}
+  for key in sorted(set(saved_model) | set(model)):
+    if saved_model.get(key) != model.get(key):
+      changes.append(f'model.{key} ({saved_model.get(key)!r} saved, {model.get(key)!r} now)')
+  return changes
+
+
+def resume(latest: ocp.CheckpointManager, abstract_state: Any, workdir: str,
+           config: Any) -> tuple[Any, Any, int]:
+  """Restores `(state, data_state, step)` from the newest intact checkpoint of `latest`.
+
+  A damaged checkpoint (`find_damage`, or a restore that fails while the saved `config.json`
+  agrees with `config` on the method and the model) is named in a warning and skipped; once an
+  older one restores, the damaged ones newer than it are renamed `<step>.damaged` (process 0;
+  nothing is deleted) so that their steps can be saved again. A restore failure is blamed on the
+  config only when `config.json` differs in those fields.
+
+  Raises:
+    ConfigError: the checkpoint does not match the config (the differing fields are named).
+    DamagedCheckpointError: no checkpoint is intact (each is named).
+  """
+  damaged: list[tuple[int, str]] = []
+  for step in sorted(latest.all_steps(), reverse=True):
+    step_dir = latest.directory / str(step)
+    damage = find_damage(step_dir, ('state', 'data'))
+    if damage is None:
+      try:
+        restored = restore_latest(latest, abstract_state, step)
+        break
+      except Exception as e:  # pylint: disable=broad-except
+        changes = saved_config_changes(workdir, config)
+        if changes or changes is None:
+          differs = (f'its config.json differs in {", ".join(changes)}' if changes else
+                     'a different method or model? Or a damaged checkpoint')
+          raise ConfigError(
+              f'{step_dir}: cannot resume from this checkpoint: it does not match this config '
+              f'({differs}). Use a new --workdir, or the config the run was started with '
+              f'({os.path.join(workdir, "config.json")}). Cause: {e}') from e
+        damage = describe_restore_error(e, step_dir)
+    logging.warning('Damaged checkpoint %s, skipped: %s', step_dir, damage)
+    damaged.append((step, damage))
+  else:
+    raise DamagedCheckpointError(
+        f'{latest.directory}: no intact checkpoint to resume from; damaged: ' +
+        '; '.join(f'step {s}: {d}' for s, d in damaged) + '. Nothing was changed: move the '
+        'damaged checkpoints away to start this run again from an earlier one (or from scratch).')
+  state, data_state, step = restored
+  if damaged:
+    set_aside = []
+    if jax.process_index() == 0:
+      set_aside = [set_aside_damaged(latest.directory, s) for s, _ in damaged]
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices('crnet: damaged checkpoints set aside')
+    latest.reload()
+    logging.warning('Resuming from the newest intact checkpoint, step %d; the damaged newer '
+                    'one(s) %s are kept as %s (delete them when you no longer need them).',
+                    step, ', '.join(str(s) for s, _ in damaged),
+                    ', '.join(set_aside) or f'<step>{DAMAGED_SUFFIX}')
+  return state, data_state, step
+
+
+def _save_error_code(error: Exception, text: str) -> int:
+  """The errno of a failed save: its own, ENOSPC for tensorstore's "No space left", else EIO."""
+  if isinstance(error, OSError) and error.errno:
+    return error.errno
+  return errno.ENOSPC if ('No space left' in text or 'os_error_code=\'28\'' in text) else errno.EIO
+
+
+class RunCheckpoints:
+  """The checkpoints of a training run: the latest ones and the best one (by the student's PSNR).
+
+  Opened with the workdir's lock held (opening deletes the temporary folders of interrupted
+  saves). Every save and wait goes through `_saving`: orbax reports a failed write (e.g.
+  tensorstore's `ValueError: RESOURCE_EXHAUSTED ... No space left on device`) at the next save or
+  wait, and it becomes a `CheckpointSaveError` naming the folder, the step it was detected at and
+  the last complete checkpoint. A context manager: on exit it waits for the saves and closes the
+  managers (a failure there is logged, the exception in flight, if any, is the one raised).
+  """
+
+  def __init__(self, workdir: str, max_to_keep: int):
+    self.workdir = os.path.abspath(workdir)
+    self.latest = latest_manager(self.workdir, max_to_keep)
+    self.best = best_manager(self.workdir)
+
+  def __enter__(self) -> 'RunCheckpoints':
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
+  def resume(self, state: Any, data_iterator: Any, config: Any) -> Any:
+    """The state of the newest intact latest checkpoint, or `state` when there is none.
+
+    `state` is a freshly built state: the target of the restore (its shapes and shardings). The
+    data iterator continues from the checkpoint's position (`set_state`). See the module
+    function `resume` for damaged checkpoints and config mismatches (`config`: the run's).
+    """
+    if self.latest.latest_step() is None:
+      return state
+    state, data_state, step = resume(self.latest, abstract_like(state), self.workdir, config)
+    data_iterator.set_state(data_state)
+    logging.info('Resumed from the checkpoint of step %d in %s.', step, self.latest.directory)
+    return state
+
+  def describe_last(self) -> str:
+    """Where a rerun resumes from: 'the last checkpoint (step S) in DIR is intact' (or none)."""
+    try:
+      self.latest.wait_until_finished()
+    except Exception:  # pylint: disable=broad-except
+      pass
+    s = self.latest.latest_step()
+    return (f'the last checkpoint (step {s}) in {self.latest.directory} is intact'
+            if s is not None else f'there is no checkpoint in {self.latest.directory}')
+
+  def _saving(self, step: int, what: str, fn: Callable[[], Any]) -> Any:
+    """Runs `fn` (a save, a wait, a check) of the `what` ('latest', 'best') manager."""
+    directory = (self.latest if what == 'latest' else self.best).directory
+    try:
+      return fn()
+    except Exception as e:  # pylint: disable=broad-except
+      text = f'{type(e).__name__}: {e}'
+      raise CheckpointSaveError(
+          _save_error_code(e, text),
+          f'Saving a {what} checkpoint in {directory} failed (detected at step {step}): '
+          f'{text}. The disk may be full or the workdir no longer writable; '
+          f'{self.describe_last()}: a rerun with the same workdir continues from there.') from e
+
+  def save_latest(self, step: int, state: Any, data_state: Any) -> None:
+    """Saves (asynchronously) the state and the data iterator's state at `step`."""
+    self._saving(step, 'latest', lambda: save_latest(self.latest, step, state, data_state))
+
+  def save_best(self, step: int, state: Any, psnr: float) -> None:
+    """Offers the state of `step`, evaluated at `psnr`, as the best (once per step)."""
+    if step not in self.best.all_steps():
+      self._saving(step, 'best', lambda: save_best(self.best, step, state, psnr))
+
+  def check_for_errors(self, step: int) -> None:
+    """Raises `CheckpointSaveError` if an asynchronous save has failed (reported early)."""
+    self._saving(step, 'latest', self.latest.check_for_errors)
+    self._saving(step, 'best', self.best.check_for_errors)
+
+  def wait_until_finished(self, step: int) -> None:
+    """Waits for the saves in flight (`CheckpointSaveError` if one failed)."""
+    self._saving(step, 'latest', self.latest.wait_until_finished)
+    self._saving(step, 'best', self.best.wait_until_finished)
+
+  def folders(self) -> dict[str, str]:
+    """{'best': its folder, 'latest': the newest one's}, for those that exist."""
+    steps = (('best', BEST_DIR, self.best.best_step()),
+             ('latest', LATEST_DIR, self.latest.latest_step()))
+    return {what: os.path.join(self.workdir, folder, str(step))
+            for what, folder, step in steps if step is not None}
+
+  def close(self) -> None:
+    for manager in (self.latest, self.best):
+      try:
+        manager.wait_until_finished()
+        manager.close()
+      except Exception as e:  # pylint: disable=broad-except
+        logging.error('Closing the checkpoint manager of %s: %s', manager.directory, e)

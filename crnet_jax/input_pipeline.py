@@ -5,6 +5,12 @@ Datasets (`config.data.dataset`): 'default' (synthetic pairs from scikit-image's
 `config.data.data_dir` on first use, after every input file has been validated: bad data raises
 `DataError` here, before training starts, never inside a worker.
 
+Config and data, once: `check_config` checks `method` and every `data` field this module reads
+(`ConfigError` naming the first bad one), and `load_data` builds the datasets of a config and
+splits the labels (a `Data`). A training run calls each once and passes the `Data` to
+`dataset_summary`, `create_train_iterator` and `create_eval_dataset`; called without one, these
+check the config and load the data themselves.
+
 Training stream (`create_train_iterator`):
 
 - Labels: `label_split` keeps `max(1, round(label_fraction * n))` of the n paired train images
@@ -49,9 +55,13 @@ import tensorflow_datasets as tfds
 
 from crnet_jax import datasets
 from crnet_jax import image_io
+from crnet_jax.config_checks import is_int
+from crnet_jax.config_checks import is_num
+from crnet_jax.config_checks import need
 from crnet_jax.datasets import base as datasets_base
 from crnet_jax.image_io import DataError
 
+METHODS = ('supervised', 'mcmt')  # config.method
 DATASETS = ('default', 'lol', 'paired_folders', 'synthetic_pairs')
 EPOCH_IMAGES = ('labeled', 'all')  # config.data.epoch_images
 LOL_OVERRIDE = '--config.data.dataset=lol --config.data.lol_dir=/path/to/LOL'
@@ -61,12 +71,43 @@ LOL_OVERRIDE = '--config.data.dataset=lol --config.data.lol_dir=/path/to/LOL'
 # Datasets from the config.
 
 
+def check_config(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
+  """Raises ConfigError naming the first bad one of `config.method` and the `data` fields.
+
+  Args:
+    config: the run config.
+    num_devices: the batch sizes must be multiples of it (every device gets the same share).
+  """
+  need(config.method in METHODS, f"method must be 'supervised' or 'mcmt', got {config.method!r}")
+  d = config.data
+  keys = ['batch_size'] + (['unlabeled_batch_size'] if config.method == 'mcmt' else [])
+  for key in keys:
+    v = d[key]
+    need(is_int(v) and v > 0 and v % num_devices == 0,
+         f'data.{key} must be a positive multiple of the number of devices ({num_devices}), '
+         f'got {v!r}')
+  need(d.dataset in DATASETS, f'data.dataset must be one of {DATASETS}, got {d.dataset!r}')
+  dirs = d.get('unlabeled_dirs', ())
+  need(isinstance(dirs, str) or (isinstance(dirs, (tuple, list)) and
+                                 all(isinstance(x, str) for x in dirs)),
+       f'data.unlabeled_dirs must be a folder or a tuple of folders, got {dirs!r}')
+  need(is_num(d.label_fraction) and 0.0 < d.label_fraction <= 1.0,
+       f'data.label_fraction must be in (0, 1], got {d.label_fraction!r}')
+  e = d.get('epoch_images', 'labeled')
+  need(e in EPOCH_IMAGES, f'data.epoch_images must be one of {EPOCH_IMAGES}, got {e!r}')
+  for key in ('patch_size', 'patches_per_image', 'eval_batch_size'):
+    need(is_int(d[key]) and d[key] > 0, f'data.{key} must be a positive integer, got {d[key]!r}')
+  w = d.get('num_workers', 0)
+  need(is_int(w) and w >= 0,
+       f'data.num_workers must be a non-negative integer (0 = load in the main process), got {w!r}')
+
+
 def _data_dir(d: ml_collections.ConfigDict) -> str:
   return d.get('data_dir', '') or datasets.DEFAULT_DATA_DIR
 
 
 def _paired_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-  """The prepared builder of the paired dataset named by `config.data.dataset`."""
+  """The prepared builder of the paired dataset named by `config.data.dataset` (checked)."""
   d = config.data
   data_dir = _data_dir(d)
   synthetic = dict(d.get('synthetic', {}))
@@ -80,14 +121,13 @@ def _paired_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuild
     return datasets.paired_folders_builder(
         d.get('low_dir', ''), d.get('high_dir', ''), d.get('test_low_dir', ''),
         d.get('test_high_dir', ''), d.get('test_fraction', 0.0), d.seed, data_dir)
-  if d.dataset == 'synthetic_pairs':
-    if not d.get('photos_dir', ''):
-      raise DataError('dataset=synthetic_pairs needs data.photos_dir (a folder of clean photos); '
-                      "dataset='default' uses scikit-image's photos")
-    return datasets.synthetic_pairs_builder(
-        d.photos_dir, test_fraction=d.get('test_fraction', 0.0), split_seed=d.seed, seed=d.seed,
-        max_side=int(synthetic.get('max_side', 0)), degradation=synthetic, data_dir=data_dir)
-  raise ValueError(f'config.data.dataset must be one of {DATASETS}, got {d.dataset!r}')
+  # 'synthetic_pairs'
+  if not d.get('photos_dir', ''):
+    raise DataError('dataset=synthetic_pairs needs data.photos_dir (a folder of clean photos); '
+                    "dataset='default' uses scikit-image's photos")
+  return datasets.synthetic_pairs_builder(
+      d.photos_dir, test_fraction=d.get('test_fraction', 0.0), split_seed=d.seed, seed=d.seed,
+      max_side=int(synthetic.get('max_side', 0)), degradation=synthetic, data_dir=data_dir)
 
 
 def label_split(n: int, label_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -115,17 +155,22 @@ def label_split(n: int, label_fraction: float, seed: int) -> tuple[np.ndarray, n
 
 
 @dataclasses.dataclass
-class _TrainData:
-  """What the training stream reads: sources and record indices."""
-  builder: tfds.core.DatasetBuilder
+class Data:
+  """The datasets of a run (`load_data`): prepared builders, the label split, record indices."""
+  builder: tfds.core.DatasetBuilder  # the paired dataset (splits 'train' and maybe 'test')
   meta: dict[str, list[Any]]  # of the paired train split
   labeled: np.ndarray  # record indices into the paired train split
   unlabeled_from_pairs: np.ndarray  # record indices of pairs that lost their labels
-  pool_builder: tfds.core.DatasetBuilder | None  # data.unlabeled_dirs
+  pool_builder: tfds.core.DatasetBuilder | None  # data.unlabeled_dirs (MCMT)
   pool_meta: dict[str, list[Any]] | None
 
 
-def _train_data(config: ml_collections.ConfigDict) -> _TrainData:
+def load_data(config: ml_collections.ConfigDict) -> Data:
+  """Builds (or finds, in `data.data_dir`) the datasets of a checked config; splits the labels.
+
+  Raises:
+    DataError: bad input data (every bad file is named).
+  """
   d = config.data
   builder = _paired_builder(config)
   meta = datasets.split_metadata(builder, 'train')
@@ -135,7 +180,15 @@ def _train_data(config: ml_collections.ConfigDict) -> _TrainData:
   if dirs and config.method == 'mcmt':
     pool_builder = datasets.unpaired_folders_builder(dirs, _data_dir(d))
     pool_meta = datasets.split_metadata(pool_builder, 'train')
-  return _TrainData(builder, meta, labeled, rest, pool_builder, pool_meta)
+  return Data(builder, meta, labeled, rest, pool_builder, pool_meta)
+
+
+def _data_of(config: ml_collections.ConfigDict, data: Data | None) -> Data:
+  """`data`, or, when None, the data of `config` (checked first, `check_config`)."""
+  if data is None:
+    check_config(config)
+    data = load_data(config)
+  return data
 
 
 # ------------------------------------------------------------------------------------------------
@@ -257,8 +310,6 @@ def _patch_stream(transform: grain.transforms.RandomMap, num_samples: int, seed:
 
 
 def _local_batch(name: str, global_batch: int, process_count: int) -> int:
-  if global_batch < 1:
-    raise ValueError(f'data.{name} must be >= 1, got {global_batch}')
   if global_batch % process_count:
     raise ValueError(f'data.{name}={global_batch} is not divisible by the number of processes '
                      f'({process_count}): each process must get the same share of the batch')
@@ -281,7 +332,7 @@ def _check_sizes(meta: Mapping[str, list[Any]], rows: Sequence[int], patch: int)
   return [m for m in _size_problems(meta, rows, patch) if m]
 
 
-def _unlabeled_pool(data: _TrainData, paired: CachedSource, patch: int, cache: bool
+def _unlabeled_pool(data: Data, paired: CachedSource, patch: int, cache: bool
                     ) -> tuple[list[Any], np.ndarray]:
   """(sources, pool rows (source number, record index)); too-small images skipped, one warning.
 
@@ -312,7 +363,7 @@ def _unlabeled_pool(data: _TrainData, paired: CachedSource, patch: int, cache: b
   return sources, np.asarray(rows, np.int64)
 
 
-def _use_cache(data: _TrainData, mcmt: bool, cache_mb: float) -> bool:
+def _use_cache(data: Data, mcmt: bool, cache_mb: float) -> bool:
   """Whether the decoded training images fit in `data.cache_mb` (per process)."""
   def nbytes(meta, rows, images_per_record):
     return sum(3 * meta['heights'][int(r)] * meta['widths'][int(r)] for r in rows) * (
@@ -399,35 +450,32 @@ class TrainIterator:
 
 
 def create_train_iterator(config: ml_collections.ConfigDict, *, process_index: int = 0,
-                          process_count: int = 1) -> TrainIterator:
+                          process_count: int = 1, data: Data | None = None) -> TrainIterator:
   """The training batches of this process (see the module docstring).
 
   Args:
     config: the run config (`config.method`, `config.data`).
     process_index: this process (jax.process_index()).
     process_count: number of processes (jax.process_count()).
+    data: `load_data(config)` of the checked config; None checks and loads it.
 
   Returns:
     A `TrainIterator` yielding {'low', 'high'} (and 'unlabeled' for MCMT) float32 NHWC numpy
     batches of `batch_size // process_count` (`unlabeled_batch_size // process_count`) patches.
 
   Raises:
-    ValueError: a batch size is not divisible by process_count, or a bad setting.
+    ValueError: a batch size is not divisible by process_count, or a bad setting
+      (`ConfigError`).
     DataError: bad input data (named in the message).
   """
   d = config.data
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index={process_index} not in [0, {process_count})')
-  if config.method not in ('supervised', 'mcmt'):
-    raise ValueError(f"config.method must be 'supervised' or 'mcmt', got {config.method!r}")
+  data = _data_of(config, data)
   mcmt = config.method == 'mcmt'
   b = _local_batch('batch_size', d.batch_size, process_count)
   bu = _local_batch('unlabeled_batch_size', d.unlabeled_batch_size, process_count) if mcmt else 0
   ppi, patch = int(d.patches_per_image), int(d.patch_size)
-  if ppi < 1 or patch < 1:
-    raise ValueError(f'data.patches_per_image and data.patch_size must be >= 1, got {ppi}, '
-                     f'{patch}')
-  data = _train_data(config)
   datasets_base.raise_problems(_check_sizes(data.meta, data.labeled, patch))
   cache = _use_cache(data, mcmt, float(d.get('cache_mb', 0)))
   source = CachedSource(data.builder.as_data_source('train'), ('low', 'high'), cache)
@@ -450,7 +498,7 @@ def create_train_iterator(config: ml_collections.ConfigDict, *, process_index: i
                        read_threads=int(d.get('read_threads', 2)), info=info)
 
 
-def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
+def steps_per_epoch(config: ml_collections.ConfigDict, data: Data | None = None) -> int:
   """floor(train images * patches_per_image / batch_size), at least 1.
 
   With `data.epoch_images='labeled'` (the default) the images counted are the labeled ones, so an
@@ -458,8 +506,8 @@ def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
   MCMT with 10% labels, 10x the steps). The stream is continuous, so a batch can straddle two
   epochs.
   """
-  labeled, _, n = _train_data_counts(config)
-  return _steps_per_epoch(config.data, len(labeled), n)
+  data = _data_of(config, data)
+  return _steps_per_epoch(config.data, len(data.labeled), len(data.meta['names']))
 
 
 def _steps_per_epoch(d: ml_collections.ConfigDict, num_labeled: int, num_pairs: int) -> int:
@@ -468,11 +516,9 @@ def _steps_per_epoch(d: ml_collections.ConfigDict, num_labeled: int, num_pairs: 
 
 
 def _train_data_counts(config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray, int]:
-  builder = _paired_builder(config)
-  meta = datasets.split_metadata(builder, 'train')
-  labeled, rest = label_split(len(meta['names']), float(config.data.label_fraction),
-                              config.data.seed)
-  return labeled, rest, len(meta['names'])
+  """(labeled, unlabeled) record indices of the train pairs, and their number."""
+  data = _data_of(config, None)
+  return data.labeled, data.unlabeled_from_pairs, len(data.meta['names'])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -484,8 +530,6 @@ class EvalDataset:
 
   def __init__(self, source: Sequence[Mapping[str, Any]], meta: Mapping[str, list[Any]],
                batch_size: int, pad_multiple: int = 8):
-    if batch_size < 1:
-      raise ValueError(f'data.eval_batch_size must be >= 1, got {batch_size}')
     self._source = source
     self.names = list(meta['names'])
     self.files = list(meta.get('files', meta['names']))
@@ -542,30 +586,33 @@ def check_eval_sizes(eval_ds: EvalDataset, min_side: int) -> None:
        if min(h, w) < min_side])
 
 
-def create_eval_dataset(config: ml_collections.ConfigDict, split: str = 'test') -> EvalDataset:
+def create_eval_dataset(config: ml_collections.ConfigDict, split: str = 'test',
+                        data: Data | None = None) -> EvalDataset:
   """The evaluation batches of `split` ('test', or 'train' to evaluate on training pairs).
 
   Batches hold `low`, `high` float32 (n, Hpad, Wpad, 3), `mask` float32 (n, Hpad, Wpad, 1) (1 on
   real pixels), `valid` bool (n,), `height`, `width` int32 (n,) and `name` str (n,) ('' for
-  padding), with n = `data.eval_batch_size`.
+  padding), with n = `data.eval_batch_size`. `data`: as for `create_train_iterator`.
   """
-  builder = _paired_builder(config)
+  builder = _data_of(config, data).builder
   meta = datasets.split_metadata(builder, split)
   return EvalDataset(builder.as_data_source(split), meta, int(config.data.eval_batch_size),
                      int(config.data.get('eval_pad_multiple', 8)))
 
 
-def num_eval_images(config: ml_collections.ConfigDict, split: str = 'test') -> int:
+def num_eval_images(config: ml_collections.ConfigDict, split: str = 'test',
+                    data: Data | None = None) -> int:
   """Number of real images in the evaluation split."""
-  return len(datasets.split_metadata(_paired_builder(config), split)['names'])
+  return len(datasets.split_metadata(_data_of(config, data).builder, split)['names'])
 
 
 # ------------------------------------------------------------------------------------------------
 # Summary.
 
 
-def dataset_summary(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Counts and a one-line description of the data a run uses.
+def dataset_summary(config: ml_collections.ConfigDict, data: Data | None = None) -> dict[str, Any]:
+  """Counts and a one-line description of the data a run uses (`data`: as for
+  `create_train_iterator`).
 
   Returns:
     {'dataset', 'labeled', 'unlabeled', 'test', 'train_pairs', 'steps_per_epoch',
@@ -573,16 +620,14 @@ def dataset_summary(config: ml_collections.ConfigDict) -> dict[str, Any]:
     when the dataset has no test split.
   """
   d = config.data
-  builder = _paired_builder(config)
-  splits = builder.info.metadata.get('splits', {})
-  labeled, rest, n = _train_data_counts(config)
+  data = _data_of(config, data)
+  splits = data.builder.info.metadata.get('splits', {})
+  labeled, rest, n = data.labeled, data.unlabeled_from_pairs, len(data.meta['names'])
   unlabeled = 0
   if config.method == 'mcmt':
     unlabeled = len(rest) if len(rest) else len(labeled)
-    dirs = datasets.parse_dirs(d.get('unlabeled_dirs', ()))
-    if dirs:
-      pool = datasets.unpaired_folders_builder(dirs, _data_dir(d))
-      unlabeled += len(datasets.split_metadata(pool, 'train')['names'])
+    if data.pool_meta is not None:
+      unlabeled += len(data.pool_meta['names'])
   test = len(splits['test']['names']) if 'test' in splits else 0
   counts = f'{len(labeled)} labeled / {unlabeled} unlabeled / {test} test images'
   if d.dataset == 'default':

@@ -1,12 +1,16 @@
 """Training and evaluation of CRNet (supervised) and MCMT (semi-supervised mean teacher).
 
-`train_and_evaluate(config, workdir)` runs a whole experiment:
+`train_and_evaluate(config, workdir)` runs a whole experiment; each concern lives in its module:
 
-- Data: `input_pipeline.create_train_iterator` (process-local numpy batches, turned into global
-  arrays sharded on the mesh axis 'data') and `input_pipeline.create_eval_dataset(config, 'test')`.
-- State: `TrainState` (step, params, teacher_params, opt_state, rng), replicated on a 1-D mesh
-  of all devices; the batch is sharded over the devices. The steps are `jax.jit`ted with the
-  state donated. No pmap: the same code runs on one device, many devices and many hosts.
+- Config (`validate_config`): every field is checked once, before anything runs, by the module
+  that reads it (`ConfigError` naming the key): the data fields by `input_pipeline.check_config`,
+  the model fields by `models.create_model`, the training fields here.
+- Data (`input_pipeline`): the datasets are built once (`load_data`) and give the training batches
+  (`create_train_iterator`: process-local numpy batches, turned into global arrays sharded on the
+  mesh axis 'data') and the test batches (`create_eval_dataset`).
+- State and steps (here): `TrainState` (step, params, teacher_params, opt_state, rng), replicated
+  on a 1-D mesh of all devices; the batch is sharded over the devices. The steps are `jax.jit`ted
+  with the state donated. No pmap: the same code runs on one device, many devices and many hosts.
 - Optimizer: Adam (default betas), learning rate `config.learning_rate`, multiplied by
   `config.lr_decay_factor` at each of `config.lr_decay_epochs` (paper: 5e-4 halved at epochs 20,
   40, 60, 90 of 100).
@@ -18,19 +22,19 @@
   `optax.incremental_update(student, teacher, 1 - ema_decay)`. Optional (off in the paper): a
   sigmoid ramp-up of lam over `mcmt.rampup_epochs` and the EMA warm-up
   `min(ema_decay, 1 - 1 / (step + 1))`.
-- Evaluation every `eval_every_epochs` epochs and at the end: PSNR and SSIM on whole test images
-  (outputs clipped to [0, 1], padding excluded), of the student and, for MCMT, of the teacher;
-  the input's own PSNR/SSIM (identity) is reported for reference.
-- Checkpoints (`checkpointing.py`): the latest ones in `workdir/checkpoints` (state + data
-  iterator state), the best by the student's test PSNR in `workdir/best`. The paper's numbers are
-  the student's, so the best checkpoint is chosen by the student for both methods (the teacher's
-  parameters are saved with it). A rerun with the same workdir resumes by itself.
-- Logs: TensorBoard (`workdir/tensorboard`: scalars and low | enhanced | high images),
+- Evaluation (`evaluation.py`) every `eval_every_epochs` epochs and at the end: PSNR and SSIM on
+  whole test images (outputs clipped to [0, 1], padding excluded), of the student and, for MCMT,
+  of the teacher; the input's own PSNR/SSIM (identity) is reported for reference.
+- Checkpoints (`checkpointing.RunCheckpoints`): the latest ones in `workdir/checkpoints` (state +
+  data iterator state), the best by the student's test PSNR in `workdir/best`. The paper's
+  numbers are the student's, so the best checkpoint is chosen by the student for both methods
+  (the teacher's parameters are saved with it). A rerun with the same workdir resumes by itself.
+- Logs (`metric_writers.py`, process 0 only): TensorBoard (`workdir/tensorboard`),
   `workdir/metrics.jsonl` (one JSON object per log/eval event), `workdir/config.json`,
   `workdir/parameters.txt` (the parameter table), `workdir/samples/step_<N>.png` (low | student |
-  teacher | high of the first `num_eval_images` test images at each evaluation); written by
-  process 0 only. The run ends with a summary (`run_summary`). The ETA counts the train steps and
-  the evaluations apart (`Progress`). Every process saves its shards of the checkpoints (orbax).
+  teacher | high of the first `num_eval_images` test images at each evaluation). The run ends
+  with a summary (`metric_writers.run_summary`). The ETA counts the train steps and the
+  evaluations apart (`Progress`). Every process saves its shards of the checkpoints (orbax).
 - Robustness (README.md, "Many hosts, kills, bad inputs"): the config is validated
   (`ConfigError`) and the workdir checked for writing and free space before any data is built;
   a failed save raises `CheckpointSaveError` (an OSError naming the folder); a run killed
@@ -40,17 +44,15 @@
   and the loss terms; a state that produced it is never saved.
 - One writer per workdir (`checkpointing.lock_workdir`); SIGTERM or SIGINT (Ctrl-C) stops after
   the current step with its checkpoint (`StopSignals`, `TrainingStopped`); a damaged latest
-  checkpoint is named and skipped for the newest intact one (`_resume`). docs/reliability.md.
+  checkpoint is named and skipped for the newest intact one (`checkpointing.resume`).
+  docs/reliability.md.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
-import errno
 import functools
-import json
 import math
 import os
 import signal
@@ -61,7 +63,6 @@ from typing import Any, Callable, Iterable, Mapping
 
 from absl import logging
 from clu import metrics as clu_metrics
-from clu import parameter_overview
 import flax
 import jax
 import jax.numpy as jnp
@@ -77,26 +78,24 @@ except ImportError:  # pragma: no cover
   jax_config = None
 
 from crnet_jax import checkpointing
-from crnet_jax import image_io
+from crnet_jax import evaluation
 from crnet_jax import input_pipeline
 from crnet_jax import logs
 from crnet_jax import losses
+from crnet_jax import metric_writers
 from crnet_jax import models
 from crnet_jax.progress import Progress
 from crnet_jax.progress import format_duration as _format_duration
+from crnet_jax.checkpointing import CheckpointSaveError  # pylint: disable=unused-import
+from crnet_jax.config_checks import ConfigError
+from crnet_jax.config_checks import is_int
+from crnet_jax.config_checks import is_num
+from crnet_jax.config_checks import need
 
 Array = jax.Array
 PyTree = Any
-METHODS = ('supervised', 'mcmt')
+METHODS = input_pipeline.METHODS
 DATA_AXIS = 'data'
-
-
-class ConfigError(ValueError):
-  """A config value that cannot work (the key and the value are named), found before running."""
-
-
-class CheckpointSaveError(OSError):
-  """Writing a checkpoint failed (disk full, workdir gone...): the message names the folder."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -175,44 +174,17 @@ class StepConfig:
 # Config.
 
 
-def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
-  """Raises ConfigError naming the first bad key of `config` (checked before anything runs)."""
+def validate_config(config: ml_collections.ConfigDict,
+                    num_devices: int | None = None) -> models.CRNet:
+  """Raises ConfigError naming the first bad key of `config` (checked before anything runs).
+
+  Each field is checked once, by the module that reads it: `method` and the data fields by
+  `input_pipeline.check_config`, the training fields here, the model fields by
+  `models.create_model`, which builds the model: it is returned, for the run to use.
+  """
   num_devices = jax.device_count() if num_devices is None else num_devices
-
-  def is_int(v):
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-  def is_num(v):
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-
-  def need(ok: bool, msg: str):
-    if not ok:
-      raise ConfigError(msg)
-
-  need(config.method in METHODS, f"method must be 'supervised' or 'mcmt', got {config.method!r}")
+  input_pipeline.check_config(config, num_devices)
   d = config.data
-  keys = ['batch_size'] + (['unlabeled_batch_size'] if config.method == 'mcmt' else [])
-  for key in keys:
-    v = d[key]
-    need(is_int(v) and v > 0 and v % num_devices == 0,
-         f'data.{key} must be a positive multiple of the number of devices ({num_devices}), '
-         f'got {v!r}')
-  need(d.dataset in input_pipeline.DATASETS,
-       f'data.dataset must be one of {input_pipeline.DATASETS}, got {d.dataset!r}')
-  dirs = d.get('unlabeled_dirs', ())
-  need(isinstance(dirs, str) or (isinstance(dirs, (tuple, list)) and
-                                 all(isinstance(x, str) for x in dirs)),
-       f'data.unlabeled_dirs must be a folder or a tuple of folders, got {dirs!r}')
-  need(is_num(d.label_fraction) and 0.0 < d.label_fraction <= 1.0,
-       f'data.label_fraction must be in (0, 1], got {d.label_fraction!r}')
-  e = d.get('epoch_images', 'labeled')
-  need(e in input_pipeline.EPOCH_IMAGES,
-       f'data.epoch_images must be one of {input_pipeline.EPOCH_IMAGES}, got {e!r}')
-  for key in ('patch_size', 'patches_per_image', 'eval_batch_size'):
-    need(is_int(d[key]) and d[key] > 0, f'data.{key} must be a positive integer, got {d[key]!r}')
-  w = d.get('num_workers', 0)
-  need(is_int(w) and w >= 0,
-       f'data.num_workers must be a non-negative integer (0 = load in the main process), got {w!r}')
   need(d.patch_size >= losses.SSIM_WINDOW,
        f'data.patch_size must be at least the SSIM window ({losses.SSIM_WINDOW}), got '
        f'{d.patch_size!r}')
@@ -251,7 +223,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
   k = config.get('num_eval_images', 0)
   need(is_int(k) and k >= 0, f'num_eval_images must be a non-negative integer, got {k!r}')
   try:
-    models.create_model(config.model)  # checks every model field
+    return models.create_model(config.model)  # checks every model field
   except (ValueError, TypeError) as e:
     raise ConfigError(str(e)) from e
 
@@ -410,30 +382,6 @@ STEP_FUNCTIONS: dict[str, Callable[..., tuple[TrainState, dict[str, Array]]]] = 
     'supervised': supervised_step, 'mcmt': mcmt_step}
 
 
-def eval_step(model: models.CRNet, params: PyTree, teacher_params: PyTree | None,
-              batch: Mapping[str, Array]) -> tuple[dict[str, Array], dict[str, Array]]:
-  """Per-image metrics and outputs of one evaluation batch.
-
-  Returns:
-    ({'input_psnr', 'input_ssim', 'student_psnr', 'student_ssim'[, 'teacher_psnr',
-    'teacher_ssim']}: (n,) PSNR/SSIM on the real pixels (`batch['mask']`), and
-    {'student'[, 'teacher']}: the outputs clipped to [0, 1]). The input's metrics are those of
-    the identity (the low-light image itself).
-  """
-  high, mask = batch['high'], batch['mask']
-  low = jnp.clip(batch['low'], 0.0, 1.0)
-  metrics = {'input_psnr': losses.psnr(low, high, mask=mask),
-             'input_ssim': losses.ssim(low, high, mask=mask)}
-  outputs = {}
-  for name, p in (('student', params), ('teacher', teacher_params)):
-    if p is None:
-      continue
-    outputs[name] = models.enhance(model, p, batch['low'], mask)
-    metrics[f'{name}_psnr'] = losses.psnr(outputs[name], high, mask=mask)
-    metrics[f'{name}_ssim'] = losses.ssim(outputs[name], high, mask=mask)
-  return metrics, outputs
-
-
 @dataclasses.dataclass(frozen=True)
 class Functions:
   """The jitted functions of a run (see `compiled_functions`)."""
@@ -474,7 +422,7 @@ def compiled_functions(model: models.CRNet, hp: StepConfig, mesh: jax.sharding.M
   train_step = jax.jit(step_fn, in_shardings=(rep, data), out_shardings=(rep, rep),
                        donate_argnums=(0,))
   return Functions(mesh=mesh, tx=tx, init=seed_init, train_step=train_step,
-                   eval_step=_compiled_eval_step(model, mesh))
+                   eval_step=evaluation.compiled_eval_step(model, rep, data))
 
 
 @functools.lru_cache(maxsize=16)
@@ -503,14 +451,6 @@ def _fast_threefry() -> contextlib.AbstractContextManager:
   return option(True) if option is not None else contextlib.nullcontext()
 
 
-@functools.lru_cache(maxsize=16)
-def _compiled_eval_step(model: models.CRNet, mesh: jax.sharding.Mesh) -> Callable[..., Any]:
-  rep = NamedSharding(mesh, P())
-  data = NamedSharding(mesh, P(DATA_AXIS))
-  return jax.jit(functools.partial(eval_step, model), in_shardings=(rep, rep, data),
-                 out_shardings=rep)
-
-
 # ------------------------------------------------------------------------------------------------
 # Host-side functions.
 
@@ -519,63 +459,6 @@ def global_batch(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> di
   """Process-local numpy arrays -> global arrays sharded on the batch axis (any host count)."""
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in batch.items()}
-
-
-def _replicated_global(x: np.ndarray, sharding: NamedSharding) -> Array:
-  """A global array from data every process holds whole (evaluation batches)."""
-  x = np.asarray(x)
-  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
-
-def _pad_to_multiple(x: np.ndarray, multiple: int) -> np.ndarray:
-  extra = -len(x) % multiple
-  if not extra:
-    return x
-  return np.concatenate([x, np.zeros((extra,) + x.shape[1:], x.dtype)])
-
-
-def evaluate(fns: Functions, params: PyTree, teacher_params: PyTree | None,
-             eval_ds: Iterable[Mapping[str, np.ndarray]], num_images: int = 0
-             ) -> tuple[dict[str, float], list[dict[str, np.ndarray]]]:
-  """Mean PSNR/SSIM over the real images of `eval_ds`, and up to `num_images` example images.
-
-  Every metric is computed per image on its real pixels (`mask`), then summed with the `valid`
-  flags and divided by the number of valid images, so padded batches change nothing.
-
-  Returns:
-    ({'student_psnr', 'student_ssim', ['teacher_psnr', 'teacher_ssim'], 'input_psnr',
-    'input_ssim', 'num_images'}, [{'name', 'low', 'student', ['teacher'], 'high'}, ...]) with the
-    images cropped to their real size.
-  """
-  num_devices = fns.mesh.size
-  sums: dict[str, float] = collections.defaultdict(float)
-  count = 0
-  examples: list[dict[str, np.ndarray]] = []
-  for batch in eval_ds:
-    valid = np.asarray(batch['valid'], bool)
-    n = len(valid)
-    arrays = {k: _replicated_global(_pad_to_multiple(np.asarray(batch[k], np.float32),
-                                                     num_devices), fns.data_sharding)
-              for k in ('low', 'high', 'mask')}
-    per_image, outputs = fns.eval_step(params, teacher_params, arrays)
-    for key, values in jax.device_get(per_image).items():
-      values = np.asarray(values, np.float64)[:n]
-      sums[key] += float(np.sum(np.where(valid, values, 0.0)))
-    count += int(valid.sum())
-    if len(examples) < num_images and valid.any():
-      outputs = jax.device_get(outputs)
-      for j in np.flatnonzero(valid)[:num_images - len(examples)]:
-        h, w = int(batch['height'][j]), int(batch['width'][j])
-        example = {'name': str(batch['name'][j]), 'low': np.asarray(batch['low'][j, :h, :w]),
-                   'high': np.asarray(batch['high'][j, :h, :w])}
-        for key, out in outputs.items():
-          example[key] = np.asarray(out[j, :h, :w])
-        examples.append(example)
-  if count == 0:
-    raise ValueError('the evaluation set has no valid image')
-  results = {k: v / count for k, v in sums.items()}
-  results['num_images'] = count
-  return results, examples
 
 
 def _check_finite(step: int, step_metrics: Mapping[str, Array],
@@ -594,36 +477,26 @@ def _check_finite(step: int, step_metrics: Mapping[str, Array],
       f'{last_checkpoint()}.')
 
 
-def _write_atomically(path: str, text: str) -> None:
-  """Writes `text` to `path` through a temporary file and a rename (never half written)."""
-  tmp = f'{path}.tmp.{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+class _FiniteLoss:
+  """`_check_finite` of every step, without waiting for the device at every step.
 
+  `add(step, metrics)`, called once the next step is dispatched, checks the step before it (its
+  values are ready by then); `now()` checks the last step added at once: before its state is
+  evaluated, logged or saved, and at the end.
+  """
 
-PARAMETERS_FILE = 'parameters.txt'
-SAMPLES_DIR = 'samples'  # samples/step_<N>.png at each evaluation
+  def __init__(self, last_checkpoint: Callable[[], str]):
+    self._last_checkpoint = last_checkpoint
+    self._pending: tuple[int, Mapping[str, Array]] | None = None
 
+  def add(self, step: int, step_metrics: Mapping[str, Array]) -> None:
+    previous, self._pending = self._pending, (step, step_metrics)
+    if previous is not None:
+      _check_finite(*previous, self._last_checkpoint)
 
-def _count(tree: PyTree) -> int:
-  """The number of scalars in the arrays of `tree`."""
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
-
-
-def parameter_table(params: PyTree) -> str:
-  """One row per parameter array (name, shape, dtype, size, mean, std), then the integer totals."""
-  table = parameter_overview.get_parameter_overview(jax.device_get(params))
-  rows = [line for line in table.splitlines() if not line.startswith('Total:')]
-  return '\n'.join(rows) + (f'\nTotal: {_count(params):,} parameters, {_nbytes(params):,} '
-                            'bytes\n')
-
-
-def _nbytes(tree: PyTree) -> int:
-  """Bytes of the (global) arrays of `tree`: the size of one checkpoint of it."""
-  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+  def now(self) -> None:
+    if self._pending is not None:
+      _check_finite(*self._pending, self._last_checkpoint)
 
 
 def evaluation_steps(first: int, last: int, eval_every: int, total_steps: int) -> int:
@@ -636,109 +509,31 @@ def evaluation_steps(first: int, last: int, eval_every: int, total_steps: int) -
   return n
 
 
-def _import_tensorboardx():
-  """`import tensorboardX`, without letting it import torch (2+ s per run when installed).
-
-  tensorboardX imports torch, if it can, only to accept torch tensors; we log numpy values.
-  """
-  if 'torch' in sys.modules:
-    import tensorboardX  # pylint: disable=g-import-not-at-top
-    return tensorboardX
-  sys.modules['torch'] = None  # `import torch` raises ImportError, which tensorboardX handles
-  try:
-    import tensorboardX  # pylint: disable=g-import-not-at-top
-  finally:
-    if sys.modules.get('torch', 0) is None:
-      del sys.modules['torch']
-  return tensorboardX
-
-
-class _Writer:
-  """TensorBoard (tensorboardX) and `metrics.jsonl`, on process 0 only.
-
-  Lines of `metrics.jsonl` with a step after `resume_step` (the step the run starts from: its
-  checkpoint's, or 0), or cut short (a kill during a write), are dropped first (the file is
-  rewritten atomically), and TensorBoard hides its events after it (`purge_step`): steps that
-  run again after a kill are logged once.
-  """
-
-  def __init__(self, workdir: str, enabled: bool, resume_step: int = 0):
-    self.enabled = enabled
-    self._tb = None
-    self._workdir = workdir
-    self._jsonl = os.path.join(workdir, 'metrics.jsonl')
-    if enabled:
-      self.drop(resume_step + 1)
-      tensorboardx = _import_tensorboardx()
-      self._tb = tensorboardx.SummaryWriter(os.path.join(workdir, 'tensorboard'),
-                                            purge_step=resume_step + 1)
-
-  def drop(self, from_step: int, split: str | None = None) -> None:
-    """Removes the records with step >= `from_step` (of `split`, or all) and broken lines."""
-    if not self.enabled or not os.path.exists(self._jsonl):
-      return
-    with open(self._jsonl) as f:
-      lines = f.readlines()
-    kept = []
-    for line in lines:
-      try:
-        record = json.loads(line)
-        step = int(record['step'])
-      except (ValueError, KeyError, TypeError):
-        continue  # a line cut short by a kill
-      if not line.endswith('\n'):
-        continue
-      if step >= from_step and (split is None or record.get('split') == split):
-        continue
-      kept.append(line)
-    if len(kept) != len(lines):
-      logging.info('metrics.jsonl: dropped %d line(s) from step %d on (they are logged again).',
-                   len(lines) - len(kept), from_step)
-      _write_atomically(self._jsonl, ''.join(kept))
-
-  def scalars(self, step: int, prefix: str, values: Mapping[str, float], **extra) -> None:
-    if not self.enabled:
-      return
-    for key, value in values.items():
-      self._tb.add_scalar(f'{prefix}/{key}', float(value), step)
-    record = {'step': int(step), 'split': prefix, **extra,
-              **{k: float(v) for k, v in values.items()}}
-    with open(self._jsonl, 'a') as f:
-      f.write(json.dumps(record) + '\n')
-
-  def images(self, step: int, examples: list[dict[str, np.ndarray]]) -> None:
-    """One image per example and model: low | enhanced | high side by side."""
-    if not self.enabled:
-      return
-    for i, ex in enumerate(examples):
-      for model_name in ('student', 'teacher'):
-        if model_name in ex:
-          triplet = np.concatenate([ex['low'], ex[model_name], ex['high']], axis=1)
-          self._tb.add_image(f'test_{model_name}/{i}_{ex["name"]}',
-                             np.clip(triplet, 0.0, 1.0), step, dataformats='HWC')
-
-  def samples(self, step: int, examples: list[dict[str, np.ndarray]]) -> str | None:
-    """`samples/step_<step>.png`: a row per example, low | student | teacher | high."""
-    if not self.enabled or not examples:
-      return None
-    from crnet_jax import inference  # pylint: disable=g-import-not-at-top
-    path = os.path.join(self._workdir, SAMPLES_DIR, f'step_{step}.png')
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    image_io.save_image(path, inference.sample_grid(examples))  # atomic
-    return path
-
-  def flush(self) -> None:
-    if self._tb is not None:
-      self._tb.flush()
-
-  def close(self) -> None:
-    if self._tb is not None:
-      self._tb.close()
 
 
 def _metric_collection(names: Iterable[str]) -> type[clu_metrics.Collection]:
   return clu_metrics.Collection.create(
       **{name: clu_metrics.Average.from_output(name) for name in names})
+
+
+class _MeanMetrics:
+  """The mean of each step metric over the steps since the last `compute` (clu `Average`s)."""
+
+  def __init__(self):
+    self._cls: type[clu_metrics.Collection] | None = None
+    self._collection: clu_metrics.Collection | None = None
+
+  def add(self, step_metrics: Mapping[str, Array]) -> None:
+    if self._cls is None:
+      self._cls = _metric_collection(step_metrics)
+    update = self._cls.single_from_model_output(**step_metrics)
+    self._collection = update if self._collection is None else self._collection.merge(update)
+
+  def compute(self) -> dict[str, float]:
+    """The means (on the host), and a new interval."""
+    values = jax.device_get(self._collection.compute())
+    self._collection = None
+    return values
 
 
 class StopSignals:
@@ -797,7 +592,6 @@ class StopSignals:
     self.signum = signum
     logging.warning('%s: stopping after the current step, with its checkpoint (press Ctrl-C '
                     'again to abort at once, losing the work since the last checkpoint).', name)
-    checkpointing.wake_paused()
     if self._sync:
       os.kill(os.getpid(), signal.SIGTERM)  # jax's preemption service tells every process
 
@@ -809,353 +603,202 @@ class StopSignals:
     return self.signum is not None
 
 
-def _saved_config_changes(workdir: str, config: ml_collections.ConfigDict) -> list[str] | None:
-  """The model/method fields where `workdir/config.json` differs from `config` (None: no file)."""
-  try:
-    with open(os.path.join(workdir, 'config.json')) as f:
-      saved = json.load(f)
-  except (OSError, ValueError):
-    return None
-  current = json.loads(config.to_json_best_effort())
-  changes = []
-  if saved.get('method') != current.get('method'):
-    changes.append(f'method ({saved.get("method")!r} saved, {current.get("method")!r} now)')
-  saved_model, model = saved.get('model') or {}, current.get('model') or {}
-  for key in sorted(set(saved_model) | set(model)):
-    if saved_model.get(key) != model.get(key):
-      changes.append(f'model.{key} ({saved_model.get(key)!r} saved, {model.get(key)!r} now)')
-  return changes
-
-
-def _resume(latest: Any, abstract_state: Any, workdir: str,
-            config: ml_collections.ConfigDict) -> tuple[Any, Any, int]:
-  """Restores `(state, data_state, step)` from the newest intact checkpoint of `latest`.
-
-  A damaged checkpoint (`checkpointing.find_damage`, or a restore that fails while the saved
-  `config.json` agrees with `config` on the method and the model) is named in a warning and
-  skipped; once an older one restores, the damaged ones newer than it are renamed
-  `<step>.damaged` (process 0; nothing is deleted) so that their steps can be saved again.
-  A restore failure is blamed on the config only when `config.json` differs in those fields.
-
-  Raises:
-    ConfigError: the checkpoint does not match the config (the differing fields are named).
-    checkpointing.DamagedCheckpointError: no checkpoint is intact (each is named).
-  """
-  damaged: list[tuple[int, str]] = []
-  for step in sorted(latest.all_steps(), reverse=True):
-    step_dir = latest.directory / str(step)
-    damage = checkpointing.find_damage(step_dir, ('state', 'data'))
-    if damage is None:
-      try:
-        restored = checkpointing.restore_latest(latest, abstract_state, step)
-        break
-      except Exception as e:  # pylint: disable=broad-except
-        changes = _saved_config_changes(workdir, config)
-        if changes or changes is None:
-          differs = (f'its config.json differs in {", ".join(changes)}' if changes else
-                     'a different method or model? Or a damaged checkpoint')
-          raise ConfigError(
-              f'{step_dir}: cannot resume from this checkpoint: it does not match this config '
-              f'({differs}). Use a new --workdir, or the config the run was started with '
-              f'({os.path.join(workdir, "config.json")}). Cause: {e}') from e
-        damage = checkpointing.describe_restore_error(e, step_dir)
-    logging.warning('Damaged checkpoint %s, skipped: %s', step_dir, damage)
-    damaged.append((step, damage))
-  else:
-    raise checkpointing.DamagedCheckpointError(
-        f'{latest.directory}: no intact checkpoint to resume from; damaged: ' +
-        '; '.join(f'step {s}: {d}' for s, d in damaged) + '. Nothing was changed: move the '
-        'damaged checkpoints away to start this run again from an earlier one (or from scratch).')
-  state, data_state, step = restored
-  if damaged:
-    set_aside = []
-    if jax.process_index() == 0:
-      set_aside = [checkpointing.set_aside_damaged(latest.directory, s) for s, _ in damaged]
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      multihost_utils.sync_global_devices('crnet: damaged checkpoints set aside')
-    latest.reload()
-    logging.warning('Resuming from the newest intact checkpoint, step %d; the damaged newer '
-                    'one(s) %s are kept as %s (delete them when you no longer need them).',
-                    step, ', '.join(str(s) for s, _ in damaged),
-                    ', '.join(set_aside) or f'<step>{checkpointing.DAMAGED_SUFFIX}')
-  return state, data_state, step
-
-
-def _scores(record: Mapping[str, Any]) -> str:
-  """'student PSNR 21.52 dB, SSIM 0.6580; teacher ...' of an evaluation record."""
-  return '; '.join(f'{who} PSNR {record[f"{who}_psnr"]:.2f} dB, SSIM {record[f"{who}_ssim"]:.4f}'
-                   for who in ('student', 'teacher') if f'{who}_psnr' in record)
-
-
-def run_summary(workdir: str, total_steps: int, latest_step: int | None,
-                best_step: int | None) -> list[str]:
-  """The lines that end a run: last and best scores, checkpoints, samples, the next command.
-
-  The scores are the 'test' records of `workdir/metrics.jsonl` (every evaluation of the run,
-  resumed parts included); the best is the student's highest PSNR, as for `workdir/best`.
-  """
-  evals = []
-  try:
-    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-      for line in f:
-        try:
-          record = json.loads(line)
-        except ValueError:
-          continue
-        if record.get('split') == 'test' and 'student_psnr' in record:
-          evals.append(record)
-  except OSError:
-    pass
-  lines = [f'Done: {total_steps} steps in {workdir}.']
-  if evals:
-    last = max(evals, key=lambda r: r['step'])
-    top = max(evals, key=lambda r: (r['student_psnr'], -r['step']))
-    lines.append(f'Last evaluation (step {last["step"]}): {_scores(last)}.')
-    lines.append(f'Best evaluation (step {top["step"]}, by the student\'s PSNR): {_scores(top)}.')
-  checkpoints = [f'{what} {os.path.join(workdir, folder, str(step))}' for what, folder, step in
-                 (('best', checkpointing.BEST_DIR, best_step),
-                  ('latest', checkpointing.LATEST_DIR, latest_step)) if step is not None]
-  if checkpoints:
-    lines.append(f'Checkpoints: {", ".join(checkpoints)}.')
-  samples = os.path.join(workdir, SAMPLES_DIR)
-  if evals and os.path.isdir(samples):
-    columns = 'low | student | teacher | high' if 'teacher_psnr' in evals[-1] else (
-        'low | student | high')
-    lines.append(f'Samples ({columns}): {samples}/step_<N>.png; curves: '
-                 f'tensorboard --logdir={os.path.join(workdir, "tensorboard")} '
-                 '(pip install tensorboard).')
-  lines.append(f'Enhance with it: python main.py --mode=enhance --workdir={workdir} '
-               '--input=photos/ --output=enhanced/' +
-               (' (--params=teacher for the teacher)' if evals and 'teacher_psnr' in evals[-1]
-                else ''))
-  return lines
-
 
 # ------------------------------------------------------------------------------------------------
 # The experiment.
 
 
+def _train_iterator(config: ml_collections.ConfigDict,
+                    data: input_pipeline.Data) -> input_pipeline.TrainIterator:
+  """This process's training batches; with several processes, a line says which share it reads."""
+  index, count = jax.process_index(), jax.process_count()
+  train_iter = input_pipeline.create_train_iterator(config, process_index=index,
+                                                    process_count=count, data=data)
+  if count > 1:
+    d, mcmt = config.data, config.method == 'mcmt'
+    logging.info('Process %d of %d reads its shard: %d of the %d labeled%s patches of each step.',
+                 index, count, d.batch_size // count, d.batch_size,
+                 f' (and {d.unlabeled_batch_size // count} of the {d.unlabeled_batch_size} '
+                 'unlabeled)' if mcmt else '')
+  return train_iter
+
+
+def _eval_dataset(config: ml_collections.ConfigDict,
+                  data: input_pipeline.Data) -> input_pipeline.EvalDataset:
+  """The test batches, once every test image is found to hold the SSIM window.
+
+  Every data check is done before the workdir is touched.
+  """
+  eval_ds = input_pipeline.create_eval_dataset(config, 'test', data)
+  input_pipeline.check_eval_sizes(eval_ds, losses.SSIM_WINDOW)
+  return eval_ds
+
+
+def _plan(config: ml_collections.ConfigDict, summary: Mapping[str, Any]) -> tuple[int, int, int]:
+  """(steps per epoch, total steps, patches per step) of the run, logged with the dataset."""
+  spe = int(summary['steps_per_epoch'])
+  total_steps = num_train_steps(config, spe)
+  d = config.data
+  patches_per_step = d.batch_size + (d.unlabeled_batch_size if config.method == 'mcmt' else 0)
+  logging.info('Dataset: %s', summary['description'])
+  logging.info('Method %s: %d steps (%d per epoch, %.4g epochs), %d patches of %dx%d per step.',
+               config.method, total_steps, spe, total_steps / spe, patches_per_step,
+               d.patch_size, d.patch_size)
+  return spe, total_steps, patches_per_step
+
+
+def _init_state(fns: Functions, config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """A fresh state (logged), once the workdir's disk is found to hold two checkpoints of it."""
+  t = time.time()
+  state = fns.init(jax.random.PRNGKey(config.seed))
+  logging.info('Model: CRNet, %s parameters%s; initialised in %.1f s (table: %s).',
+               f'{metric_writers.num_scalars(state.params):,}',
+               ' (student; the teacher is a copy)' if config.method == 'mcmt' else '',
+               time.time() - t, os.path.join(workdir, metric_writers.PARAMETERS_FILE))
+  checkpointing.check_free_space(workdir, metric_writers.num_bytes(state))
+  return state
+
+
+def _write_run_files(workdir: str, config: ml_collections.ConfigDict, params: PyTree) -> None:
+  """`config.json` (every run) and `parameters.txt` (the parameter table, once per workdir)."""
+  metric_writers.write_text(os.path.join(workdir, 'config.json'),
+                            config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+  table = os.path.join(workdir, metric_writers.PARAMETERS_FILE)
+  if not os.path.exists(table):
+    metric_writers.write_text(table, metric_writers.parameter_table(params))
+
+
+def _evaluate(fns: Functions, eval_ds: input_pipeline.EvalDataset, num_images: int,
+              steps_per_epoch: int, writer: metric_writers.MetricWriter,
+              checkpoints: checkpointing.RunCheckpoints, step: int,
+              state: TrainState) -> dict[str, Any]:
+  """Evaluates `state` (of `step`), logs it everywhere and offers it as the best checkpoint.
+
+  Returns:
+    {'step', **`evaluation.evaluate`'s metrics}.
+  """
+  t = time.time()
+  results, examples = evaluation.evaluate(fns, state.params, state.teacher_params, eval_ds,
+                                          num_images)
+  parts = [f'{k}={results[k]:.4f}' for k in sorted(results) if k != 'num_images']
+  logging.info('Eval at step %d (epoch %.2f, %d test images, %.1f s): %s', step,
+               step / steps_per_epoch, results['num_images'], time.time() - t, ', '.join(parts))
+  values = {k: v for k, v in results.items() if k != 'num_images'}
+  writer.scalars(step, 'test', values, epoch=step / steps_per_epoch,
+                 num_images=results['num_images'])
+  writer.images(step, examples)
+  writer.samples(step, examples)
+  writer.flush()
+  checkpoints.save_best(step, state, results['student_psnr'])
+  return {'step': step, **results}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (resuming from `workdir/checkpoints` if there is a checkpoint) and evaluates.
 
-  Killed at any moment (SIGKILL, preemption), a rerun with the same config and workdir ends with
-  the same parameters, checkpoints and metrics as a run that was never interrupted: it resumes
-  from the newest complete checkpoint (a save cut short is ignored), drops the lines of
-  `metrics.jsonl` written after it (TensorBoard purges them too) and redoes those steps. At a step
-  that both evaluates and checkpoints, the evaluation comes first, so a checkpoint implies the
-  evaluation of its step is logged.
+  Killed at any moment, a rerun with the same config and workdir ends as a run never interrupted:
+  it resumes from the newest complete checkpoint, drops the logs written after it and redoes those
+  steps.
 
   Args:
     config: the run config (`configs/default.py` documents every field).
     workdir: where checkpoints, TensorBoard logs, metrics.jsonl and config.json go.
 
   Returns:
-    The final evaluation metrics (`evaluate`'s dict, plus 'step'), or {'step': ...} when the
-    dataset has no test split.
+    The final evaluation metrics (`evaluation.evaluate`'s dict, plus 'step'), or {'step': ...}
+    when the dataset has no test split.
 
   Raises:
-    ConfigError: a bad config value (named in the message), or a checkpoint in `workdir` that
-      does not match the config.
-    OSError: the workdir is not writable, its disk too full for two checkpoints, or a checkpoint
-      save failed (the message names the folder and the last complete checkpoint).
+    ConfigError: a bad config value, or a checkpoint in `workdir` that does not match the config.
+    OSError: the workdir is not writable or too full for two checkpoints, a save failed
+      (`CheckpointSaveError`), another run holds it (`checkpointing.WorkdirBusyError`), or none
+      of its checkpoints is intact (`checkpointing.DamagedCheckpointError`).
     DataError: bad input data (the file is named).
     NonFiniteLossError: the loss became NaN or infinite (the step and its terms are named).
-    checkpointing.WorkdirBusyError: another run holds the workdir (an OSError; who is named).
-    checkpointing.DamagedCheckpointError: no checkpoint of the workdir is intact (an OSError).
     TrainingStopped: SIGTERM or SIGINT arrived; the checkpoint of the step it stopped at is saved.
   """
-  validate_config(config)
+  model = validate_config(config)
   logs.quiet_libraries()  # main.py has done it already; for Python callers
   workdir = os.path.abspath(workdir)
   checkpointing.check_writable(workdir)  # before building any data: fail in seconds
   is_main = jax.process_index() == 0
-
-  # Every process validates the data (same errors everywhere) and builds the datasets; with a
-  # shared data_dir the first build wins and the others reuse it (datasets.base.prepare).
-  summary = input_pipeline.dataset_summary(config)
-  logging.info('Dataset: %s', summary['description'])
-  spe = int(input_pipeline.steps_per_epoch(config))
-  total_steps = num_train_steps(config, spe)
-  mcmt = config.method == 'mcmt'
-  patches_per_step = config.data.batch_size + (config.data.unlabeled_batch_size if mcmt else 0)
-  logging.info('Method %s: %d steps (%d per epoch, %.4g epochs), %d patches of %dx%d per step.',
-               config.method, total_steps, spe, total_steps / spe, patches_per_step,
-               config.data.patch_size, config.data.patch_size)
-  train_iter = input_pipeline.create_train_iterator(
-      config, process_index=jax.process_index(), process_count=jax.process_count())
-  if jax.process_count() > 1:
-    logging.info('Process %d of %d reads its shard: %d of the %d labeled%s patches of each step.',
-                 jax.process_index(), jax.process_count(),
-                 config.data.batch_size // jax.process_count(), config.data.batch_size,
-                 f' (and {config.data.unlabeled_batch_size // jax.process_count()} of the '
-                 f'{config.data.unlabeled_batch_size} unlabeled)' if mcmt else '')
-  try:  # every data check is done before the workdir is touched; any failure closes the iterator
-    eval_ds = input_pipeline.create_eval_dataset(config, 'test') if summary['test'] else None
-    if eval_ds is not None:
-      input_pipeline.check_eval_sizes(eval_ds, losses.SSIM_WINDOW)
-    mesh = create_mesh()
-    model = models.create_model(config.model)
-    hp = StepConfig.from_config(config, spe)
-    fns = compiled_functions(model, hp, mesh)
+  # Every process validates the data (same errors everywhere) and builds the datasets, once; with
+  # a shared data_dir the first build wins and the others reuse it (datasets.base.prepare).
+  data = input_pipeline.load_data(config)
+  summary = input_pipeline.dataset_summary(config, data)
+  spe, total_steps, patches_per_step = _plan(config, summary)
+  with contextlib.ExitStack() as stack:  # closes, in reverse order, what is opened below
+    train_iter = _train_iterator(config, data)
+    stack.callback(train_iter.close)
+    eval_ds = _eval_dataset(config, data) if summary['test'] else None
+    fns = compiled_functions(model, StepConfig.from_config(config, spe), create_mesh())
     t0 = time.time()
-    state = fns.init(jax.random.PRNGKey(config.seed))
-    logging.info('Model: CRNet, %s parameters%s; initialised in %.1f s (table: %s).',
-                 f'{_count(state.params):,}', ' (student; the teacher is a copy)' if mcmt else '',
-                 time.time() - t0, os.path.join(workdir, PARAMETERS_FILE))
-    checkpointing.check_free_space(workdir, _nbytes(state))
+    state = _init_state(fns, config, workdir)
     # One writer: a second run stops here, having changed nothing in the workdir (a run refused
     # for bad data or config above leaves even the lock file as it was).
-    workdir_lock = contextlib.ExitStack()
-    workdir_lock.enter_context(checkpointing.lock_workdir(workdir))
-  except BaseException:
-    train_iter.close()
-    raise
-
-  latest = checkpointing.latest_manager(workdir, config.max_to_keep)
-  best = checkpointing.best_manager(workdir)
-  writer = None
-  stop = StopSignals()
-  try:
-    if latest.latest_step() is not None:
-      state, data_state, restored_step = _resume(latest, checkpointing.abstract_like(state),
-                                                 workdir, config)
-      train_iter.set_state(data_state)
-      logging.info('Resumed from the checkpoint of step %d in %s.', restored_step,
-                   latest.directory)
+    stack.enter_context(checkpointing.lock_workdir(workdir))
+    checkpoints = stack.enter_context(checkpointing.RunCheckpoints(workdir, config.max_to_keep))
+    state = checkpoints.resume(state, train_iter, config)
     start_step = int(jax.device_get(state.step))
     # Logs from after the checkpoint (a run killed later) are dropped: those steps run again.
-    writer = _Writer(workdir, is_main, resume_step=start_step)
+    writer = stack.enter_context(metric_writers.MetricWriter(workdir, is_main, start_step))
     if is_main:  # after a successful restore: a mismatching config leaves the old one in place
-      _write_atomically(os.path.join(workdir, 'config.json'),
-                        config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
-      if not os.path.exists(os.path.join(workdir, PARAMETERS_FILE)):  # once per run
-        _write_atomically(os.path.join(workdir, PARAMETERS_FILE), parameter_table(state.params))
+      _write_run_files(workdir, config, state.params)
     if start_step >= total_steps:
       logging.info('Already trained for %d steps (asked for %d): evaluating only.', start_step,
                    total_steps)
-
     if eval_ds is None:
       logging.warning('The dataset has no test split: no evaluation.')
     eval_every = int(round(float(config.eval_every_epochs) * spe))
-    num_images = int(config.get('num_eval_images', 3))
-    collection_cls, collection = None, None
-    pending = None  # (step, metrics) of the last step, checked one step later (no stall)
-    final_metrics: dict[str, Any] = {'step': start_step}
-    has_eval = eval_ds is not None
+    run_eval = functools.partial(_evaluate, fns, eval_ds, int(config.get('num_eval_images', 3))
+                                 if is_main else 0, spe, writer, checkpoints)
     progress = Progress(start_step, total_steps, time.time(), lambda step: evaluation_steps(
-        step, total_steps, eval_every, total_steps) if has_eval else 0)
+        step, total_steps, eval_every, total_steps) if eval_ds is not None else 0)
+    finite, means = _FiniteLoss(checkpoints.describe_last), _MeanMetrics()
+    final_metrics: dict[str, Any] = {'step': start_step}
+    stop = stack.enter_context(StopSignals())  # SIGTERM / Ctrl-C: finish the step, save, stop
 
-    def last_checkpoint() -> str:
-      try:
-        latest.wait_until_finished()
-      except Exception:  # pylint: disable=broad-except
-        pass
-      s = latest.latest_step()
-      return (f'the last checkpoint (step {s}) in {latest.directory} is intact' if s is not None
-              else f'there is no checkpoint in {latest.directory}')
-
-    def saving(step: int, what: str, directory: Any, fn: Callable[[], Any]) -> Any:
-      """Runs a save (or waits for the asynchronous ones); a failure -> CheckpointSaveError.
-
-      orbax reports a failed write (e.g. tensorstore's `ValueError: RESOURCE_EXHAUSTED ... No
-      space left on device`) at the next save or wait, hence "detected at step".
-      """
-      try:
-        return fn()
-      except Exception as e:  # pylint: disable=broad-except
-        text = f'{type(e).__name__}: {e}'
-        code = e.errno if isinstance(e, OSError) and e.errno else (
-            errno.ENOSPC if ('No space left' in text or 'os_error_code=\'28\'' in text) else
-            errno.EIO)
-        raise CheckpointSaveError(
-            code, f'Saving a {what} checkpoint in {directory} failed (detected at step {step}): '
-            f'{text}. The disk may be full or the workdir no longer writable; '
-            f'{last_checkpoint()}: a rerun with the same workdir continues from there.') from e
-
-    def run_eval(step: int) -> dict[str, Any]:
-      t = time.time()
-      results, examples = evaluate(fns, state.params, state.teacher_params, eval_ds,
-                                   num_images if is_main else 0)
-      checkpointing.pause_for_tests('eval', step)
-      parts = [f'{k}={results[k]:.4f}' for k in sorted(results) if k != 'num_images']
-      logging.info('Eval at step %d (epoch %.2f, %d test images, %.1f s): %s', step, step / spe,
-                   results['num_images'], time.time() - t, ', '.join(parts))
-      values = {k: v for k, v in results.items() if k != 'num_images'}
-      writer.scalars(step, 'test', values, epoch=step / spe, num_images=results['num_images'])
-      writer.images(step, examples)
-      writer.samples(step, examples)
-      writer.flush()
-      if step not in best.all_steps():
-        saving(step, 'best', best.directory,
-               lambda: checkpointing.save_best(best, step, state, results['student_psnr']))
-      return {'step': step, **results}
-
-    stop.__enter__()  # SIGTERM / Ctrl-C from here on: finish the step, save, stop
     for step in range(start_step + 1, total_steps + 1):
-      batch = global_batch(next(train_iter), fns.data_sharding)
-      state, step_metrics = fns.train_step(state, batch)
-      checkpointing.pause_for_tests('step', step)
-      if pending is not None:
-        _check_finite(*pending, last_checkpoint)
-      pending = (step, step_metrics)
-      if collection_cls is None:
-        collection_cls = _metric_collection(step_metrics)
-      update = collection_cls.single_from_model_output(**step_metrics)
-      collection = update if collection is None else collection.merge(update)
+      state, step_metrics = fns.train_step(state, global_batch(next(train_iter),
+                                                               fns.data_sharding))
+      finite.add(step, step_metrics)
+      means.add(step_metrics)
       if step == start_step + 1:
-        _check_finite(step, step_metrics, last_checkpoint)
+        finite.now()
         logging.info('Init, data start and first step (compilation included): %.1f s.',
                      time.time() - t0)
       if step % config.log_every_steps == 0 or step == total_steps:
-        _check_finite(step, step_metrics, last_checkpoint)
-        values = jax.device_get(collection.compute())
-        collection = None
+        finite.now()
+        values = means.compute()
         rate, left = progress.log(step, time.time())
         logging.info('Step %d/%d (epoch %.2f): loss %.5f | %.2f steps/s, %.1f patches/s, '
                      'ETA %s', step, total_steps, step / spe, values['loss'], rate,
                      rate * patches_per_step, _format_duration(left))
         writer.scalars(step, 'train', {**values, 'steps_per_second': rate}, epoch=step / spe)
-        for manager, what in ((latest, 'latest'), (best, 'best')):  # report failed saves early
-          saving(step, what, manager.directory, manager.check_for_errors)
+        checkpoints.check_for_errors(step)  # report failed asynchronous saves early
       # Evaluate before checkpointing: a checkpoint of step s implies its evaluation is logged.
       if eval_ds is not None and (step == total_steps or (eval_every and step % eval_every == 0)):
-        _check_finite(step, step_metrics, last_checkpoint)
+        finite.now()
         t = time.time()
-        final_metrics = run_eval(step)
+        final_metrics = run_eval(step, state)
         progress.busy(time.time() - t, evaluation=True)
       # A stop (SIGTERM, Ctrl-C) saves the step it stops at, as the schedule saves others.
       stopping = stop.should_stop(step) and step < total_steps  # once per step (multi-process)
       if stopping or step % config.checkpoint_every_steps == 0 or step == total_steps:
-        _check_finite(step, step_metrics, last_checkpoint)  # never save a non-finite state
+        finite.now()  # never save a non-finite state
         t = time.time()
-        saving(step, 'latest', latest.directory,
-               lambda: checkpointing.save_latest(latest, step, state, train_iter.get_state()))
+        checkpoints.save_latest(step, state, train_iter.get_state())
         progress.busy(time.time() - t)
       if stopping:
-        saving(step, 'latest', latest.directory, latest.wait_until_finished)
-        saving(step, 'best', best.directory, best.wait_until_finished)
-        raise TrainingStopped(stop.signum or signal.SIGTERM, step, latest.directory)
-    if pending is not None:
-      _check_finite(*pending, last_checkpoint)
+        checkpoints.wait_until_finished(step)
+        raise TrainingStopped(stop.signum or signal.SIGTERM, step, checkpoints.latest.directory)
+
+    finite.now()
     if eval_ds is not None and start_step >= total_steps:
       writer.drop(start_step, 'test')  # evaluated again below: no duplicate line
-      final_metrics = run_eval(start_step)
-    saving(total_steps, 'latest', latest.directory, latest.wait_until_finished)
-    saving(total_steps, 'best', best.directory, best.wait_until_finished)
+      final_metrics = run_eval(start_step, state)
+    checkpoints.wait_until_finished(total_steps)
     if is_main:
-      for line in run_summary(workdir, total_steps, latest.latest_step(), best.best_step()):
+      for line in metric_writers.run_summary(workdir, total_steps, checkpoints.folders()):
         logging.info('%s', line)
     return final_metrics
-  finally:
-    stop.__exit__()
-    for manager in (latest, best):
-      try:
-        manager.wait_until_finished()
-        manager.close()
-      except Exception as e:  # pylint: disable=broad-except
-        logging.error('Closing the checkpoint manager of %s: %s', manager.directory, e)
-    if writer is not None:
-      writer.close()
-    train_iter.close()
-    workdir_lock.close()

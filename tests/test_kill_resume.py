@@ -3,9 +3,10 @@
 A `main.py` training subprocess (MCMT `:test` config, 4 steps, checkpoints at 2 and 4,
 evaluations at 3 and 4) is killed at three moments drawn at random (one of each kind; the draw
 is printed) and restarted each time; its final checkpoint, best checkpoint and metrics.jsonl
-must equal those of an uninterrupted run exactly. The test-only hook `CRNET_TEST_PAUSE_IN`
-(`crnet_jax/checkpointing.pause_for_tests`) makes each kill land where it should. Restarts share
-a persistent compilation cache. Also: an unwritable or full workdir fails with a clear message.
+must equal those of an uninterrupted run exactly. The subprocess runs `main.py` through
+`tests/launcher.py`, whose pause points (`CRNET_TEST_PAUSE_IN`) make each kill land where it
+should. Restarts share a persistent compilation cache. Also: an unwritable or full workdir fails
+with a clear message.
 """
 
 import contextlib
@@ -26,6 +27,7 @@ import pytest
 from configs import mcmt
 from crnet_jax import checkpointing
 from crnet_jax import train
+from tests import launcher
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, CKPT_EVERY, EVAL_EVERY = 4, 2, 3  # the :test MCMT run has 1 step per epoch
@@ -42,7 +44,8 @@ def make_config(data_dir):
 
 
 def main_args(workdir, data_dir):
-  return [sys.executable, os.path.join(REPO, 'main.py'), '--config=configs/mcmt.py:test',
+  return [sys.executable, os.path.join(REPO, 'tests', 'launcher.py'),
+          '--config=configs/mcmt.py:test',
           f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
           *[f'--config.{k}={v}' for k, v in OVERRIDES.items()]]
 
@@ -50,7 +53,7 @@ def main_args(workdir, data_dir):
 def subprocess_env(cache_dir, **extra):
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_COMPILATION_CACHE_DIR': cache_dir,
          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'}
-  env.pop(checkpointing.PAUSE_ENV, None)
+  env.pop(launcher.PAUSE_ENV, None)
   env.update(extra)
   return env
 
@@ -66,7 +69,7 @@ def run_until_paused(args, env, workdir, where, step, timeout=240):
                           stderr=subprocess.PIPE, text=True)
   timer = threading.Timer(timeout, proc.kill)
   timer.start()
-  lines, marker = [], f'{checkpointing.PAUSE_MARKER} {where} {step}'
+  lines, marker = [], f'{launcher.PAUSE_MARKER} {where} {step}'
   try:
     for line in proc.stderr:
       lines.append(line)
@@ -148,7 +151,7 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path):
   previous = None
   for where, step in points:
     stderr, snapshot = run_until_paused(
-        args, subprocess_env(cache, **{checkpointing.PAUSE_ENV: f'{where}@{step}'}), workdir,
+        args, subprocess_env(cache, **{launcher.PAUSE_ENV: f'{where}@{step}'}), workdir,
         where, step)
     if previous is not None:  # it resumed from the newest complete checkpoint
       assert f'Resumed from the checkpoint of step {previous}' in stderr, (where, step)

@@ -20,6 +20,7 @@ import pytest
 from configs import crnet
 from configs import mcmt
 from crnet_jax import checkpointing
+from crnet_jax import evaluation
 from crnet_jax import input_pipeline
 from crnet_jax import losses
 from crnet_jax import models
@@ -278,7 +279,7 @@ def test_evaluation_with_padded_batches_equals_per_image_mean(data_dir):
   assert [list(b['name'][b['valid']]) for b in batches] == [['img0', 'img1', 'img3'],
                                                              ['img2', 'img4']]
 
-  results, examples = train.evaluate(fns, state.params, None, eval_ds, num_images=2)
+  results, examples = evaluation.evaluate(fns, state.params, None, eval_ds, num_images=2)
 
   @jax.jit
   def one_image(params, low, high):  # no padding, no mask: the image alone

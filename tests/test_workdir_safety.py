@@ -3,7 +3,7 @@
 - A second training on a workdir that a run holds fails at once (`error: <workdir>: in use by
   another training run (process PID on host HOST ...)`, exit 1) and changes no file of it; where
   the file system cannot lock, one warning and the run goes on.
-- SIGTERM or SIGINT at a step drawn at random (through the test-only pause hook,
+- SIGTERM or SIGINT at a step drawn at random (through the pause points of `tests/launcher.py`,
   `CRNET_TEST_PAUSE_IN`): the run finishes the step, saves its checkpoint, prints one line and
   exits 143 or 130; the rerun ends bit for bit like an uninterrupted run (state, best
   checkpoint, metrics.jsonl, and so the data iterator's position). A second Ctrl-C aborts.
@@ -31,6 +31,7 @@ import pytest
 
 from crnet_jax import checkpointing
 from crnet_jax import train
+from tests import launcher
 from tests import test_kill_resume as kr
 from tests.test_bad_inputs import snapshot  # {relative path: sha1} of a folder
 
@@ -109,12 +110,12 @@ def test_stop_signal_saves_the_step_then_resume_equals_uninterrupted(reference, 
   print(f'stop at step {step} with {sig.name} (CRNET_STOP_SEED={seed})')
   workdir = str(tmp_path / 'run')
   args = kr.main_args(workdir, data_dir)
-  env = kr.subprocess_env(cache, **{checkpointing.PAUSE_ENV: f'step@{step}'})
+  env = kr.subprocess_env(cache, **{launcher.PAUSE_ENV: f'step@{step}'})
   proc = subprocess.Popen(args, cwd=kr.REPO, env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
   timer = threading.Timer(240, proc.kill)
   timer.start()
-  lines, marker = [], f'{checkpointing.PAUSE_MARKER} step {step}'
+  lines, marker = [], f'{launcher.PAUSE_MARKER} step {step}'
   try:
     for line in proc.stderr:
       lines.append(line)
