@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from benchmarks import bench
+from benchmarks import hlo_counts
 from configs import crnet as crnet_config
 from configs import default
 from crnet_jax import layers
@@ -240,7 +241,7 @@ def _dots_in_compiled_gradient(impl: str) -> int:
   x, y = option_test_inputs()
   loss = lambda p: jnp.mean(jnp.square(model.apply({'params': p}, x)[0] - y))
   hlo = jax.jit(jax.grad(loss)).lower(params).compile(compiler_options=FAST_COMPILE).as_text()
-  return sum(' dot(' in line for line in hlo.splitlines())
+  return hlo_counts.dots_anywhere(hlo)
 
 
 def test_reduce_and_concat_layer_attention_have_no_matrix_products():
@@ -270,3 +271,11 @@ def test_reduce_layer_attention_at_batch_one():
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(w))))
   energy = jax.jit(layers.layer_energy, static_argnums=2)
   np.testing.assert_allclose(energy(feats, None, False), energy(feats, None, True), rtol=1e-5)
+
+
+def test_hlo_counts_enter_loops_but_not_fusions():
+  step = lambda a, b: jax.lax.fori_loop(0, 7, lambda i, c: jnp.tanh(c @ b), a)
+  hlo = jax.jit(step).lower(jnp.ones((64, 64)), jnp.ones((64, 64))).compile().as_text()
+  counts = hlo_counts.count_ops(hlo)
+  assert counts['fusions'] >= 2, counts  # the loop body's ops (the entry holds none)
+  assert hlo_counts.dots_anywhere(hlo) == 1
