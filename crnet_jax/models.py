@@ -82,12 +82,11 @@ class LMRG(nn.Module):
                energy_mask: Array | None = None, blocks: Sequence[Array] | None = None):
     common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     masked = lambda v: layers.apply_mask(v, mask)
-    conv_cls = layers.MaskedConv if self.masked_conv else layers.PlainConv
+    conv = layers.conv_type(self.masked_conv, self.fused_masked_conv)
     part_two = blocks is not None
     if not part_two:
       inputs = masked(jnp.concatenate([x, y], axis=-1).astype(self.dtype))
-      z = masked(conv_cls(self.features, self.activation, fused=self.fused_masked_conv, **common,
-                          name='head')(inputs))
+      z = masked(conv(self.features, self.activation, **common, name='head')(inputs))
       h, state = layers.MEMORY_MODULES[self.memory](self.features, **common,
                                                     name='memory')(z, state)
       h, state = masked(h), tuple(masked(s) for s in state)
@@ -113,8 +112,7 @@ class LMRG(nn.Module):
                                        name='layer_attention')(blocks, energy))
     else:
       u = blocks[-1]
-    residual = conv_cls(x.shape[-1], 'identity', fused=self.fused_masked_conv, **common,
-                        name='tail')(u)
+    residual = conv(x.shape[-1], 'identity', **common, name='tail')(u)
     base = x if self.skip == 'input' else y
     out = base.astype(jnp.float32) + residual.astype(jnp.float32)
     return out if part_two else (out, state)
