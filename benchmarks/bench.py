@@ -171,11 +171,10 @@ def _summary(times: Sequence[float]) -> dict[str, float]:
 
 
 def _model_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  m = config.model
-  keys = ('features', 'num_groups', 'recurrences', 'num_blocks', 'memory', 'masked_conv',
-          'layer_attention', 'fused_masked_conv', 'layer_attention_impl', 'mrb_impl', 'remat',
-          'remat_policy')
-  return {k: m.get(k) for k in keys if k in m}
+  """The model's options for a record (the compute dtype is each record's `dtype`)."""
+  fields = models.CRNetConfig.from_config(config.model).to_dict()
+  del fields['dtype']
+  return fields
 
 
 def _with(config: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:

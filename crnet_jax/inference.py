@@ -114,15 +114,16 @@ def bytes_per_pixel(model: models.CRNet, tiling: TilingConfig) -> int:
   The input and the output as uint8 (3 + 3 bytes), the estimate as float32 (12), with
   `cache_blocks` the B block outputs of a pass (1 without layer attention), without it a second
   estimate (12); with T > 1 recurrences the memory state (h, c) before and after a pass; features
-  in `model.dtype`. 16-bit inputs take 3 more bytes per pixel, float ones 9.
+  in `model.config.dtype`. 16-bit inputs take 3 more bytes per pixel, float ones 9.
   """
-  feature = jnp.dtype(model.dtype).itemsize * model.features
+  c = model.config
+  feature = jnp.dtype(c.dtype).itemsize * c.features
   total = 3 + 12 + 3
   if tiling.cache_blocks:
-    total += feature * (model.num_blocks if model.layer_attention else 1)
+    total += feature * (c.num_blocks if c.layer_attention else 1)
   else:
     total += 12
-  if model.recurrences > 1:
+  if c.recurrences > 1:
     total += 4 * feature
   return total
 
@@ -312,24 +313,25 @@ class Enhancer:
                                                 (0, tile[0], tile[1], 0))
                    for full, new in zip(fulls, news))
 
-    group = models.lmrg_of(model)
+    c = model.config
+    group = models.LMRG(c)
     cached = self.tiling.cache_blocks
-    num_cached = (model.num_blocks if model.layer_attention else 1) if cached else 0
+    num_cached = (c.num_blocks if c.layer_attention else 1) if cached else 0
     # The memory state lives at full resolution only when a group has several recurrences
     # (it starts each group at zero).
-    stateful = model.recurrences > 1
-    feature_shape = (1, height, width, model.features)
+    stateful = c.recurrences > 1
+    feature_shape = (1, height, width, c.features)
     zero_state = lambda: layers.zero_memory_state(
-        jnp.zeros((1, th, tw, 1), model.dtype), model.features)
+        jnp.zeros((1, th, tw, 1), c.dtype), c.features)
     # One loop over the N x T passes (group p // T's parameters), so that XLA keeps one pass's
     # full-resolution buffers, not N x T of them, and compiles the pass once.
     stacked = jax.tree.map(lambda *a: jnp.stack(a),
-                           *[params[f'lmrg_{i}'] for i in range(model.num_groups)])
+                           *[params[f'lmrg_{i}'] for i in range(c.num_groups)])
 
     def one_pass(p, carry):
       y, state, blocks = carry
-      variables = {'params': jax.tree.map(lambda a: a[p // model.recurrences], stacked)}
-      first = p % model.recurrences == 0  # a group starts with a zero memory state
+      variables = {'params': jax.tree.map(lambda a: a[p // c.recurrences], stacked)}
+      first = p % c.recurrences == 0  # a group starts with a zero memory state
 
       def state_window(tile):
         if not stateful:
@@ -345,14 +347,15 @@ class Enhancer:
           # Head, memory and blocks; the energy over the core; the cores of the block outputs
           # and of the new memory state are kept at full resolution.
           out, total = carry
-          new_blocks, new_state, energy = group.apply(variables, **inputs(tile, y),
-                                                      energy_mask=core_mask(tile))
+          new_blocks, new_state, energy = group.apply(
+              variables, **inputs(tile, y), energy_mask=core_mask(tile),
+              method=models.LMRG.blocks_and_energy)
           out = put(out, tuple(new_blocks) + (tuple(new_state) if stateful else ()), tile)
           return (out, total if energy is None else total + energy), None
 
-        energy = (jnp.zeros((1, model.num_blocks, model.num_blocks), jnp.float32)
-                  if model.layer_attention else None)
-        new_state = tuple(jnp.zeros(feature_shape, model.dtype) for _ in range(2 * stateful))
+        energy = (jnp.zeros((1, c.num_blocks, c.num_blocks), jnp.float32)
+                  if c.layer_attention else None)
+        new_state = tuple(jnp.zeros(feature_shape, c.dtype) for _ in range(2 * stateful))
         (fulls, energy), _ = jax.lax.scan(part_one, (blocks + new_state, energy), tiles)
         blocks, new_state = fulls[:num_cached], fulls[num_cached:]
 
@@ -360,36 +363,37 @@ class Enhancer:
         # updated in place: a tile reads it only where it writes (the skip), and the cores
         # partition the image.
         def part_two(y, tile):
-          out = group.apply(variables, x_window(tile), window(y, tile), None,
-                            mask=mask_window(tile), energy=energy,
-                            blocks=[window(f, tile) for f in blocks])
+          out = group.apply(variables, x_window(tile), window(y, tile),
+                            [window(f, tile) for f in blocks], mask=mask_window(tile),
+                            energy=energy, method=models.LMRG.attend_and_tail)
           return put((y,), (out,), tile)[0], None
 
         y, _ = jax.lax.scan(part_two, y, tiles)
         return y, new_state, blocks
 
       energy = None
-      if model.layer_attention:
+      if c.layer_attention:
         def energy_of(total, tile):
-          _, _, e = group.apply(variables, **inputs(tile, y), energy_mask=core_mask(tile))
+          _, _, e = group.apply(variables, **inputs(tile, y), energy_mask=core_mask(tile),
+                                method=models.LMRG.blocks_and_energy)
           return total + e, None
         energy, _ = jax.lax.scan(
-            energy_of, jnp.zeros((1, model.num_blocks, model.num_blocks), jnp.float32), tiles)
+            energy_of, jnp.zeros((1, c.num_blocks, c.num_blocks), jnp.float32), tiles)
 
       def step(carry, tile):  # the whole pass on each tile, with the summed energy
         out, new_state = group.apply(variables, **inputs(tile, y), energy=energy)
         return put(carry, (out,) + (tuple(new_state) if stateful else ()), tile), None
 
-      new = jax.lax.scan(step, (y,) + tuple(jnp.zeros(feature_shape, model.dtype)
+      new = jax.lax.scan(step, (y,) + tuple(jnp.zeros(feature_shape, c.dtype)
                                             for _ in range(2 * stateful)), tiles)[0]
       return new[0], new[1:], blocks
 
-    state = tuple(jnp.zeros(feature_shape, model.dtype) for _ in range(2 * stateful))
-    blocks = tuple(jnp.zeros(feature_shape, model.dtype) for _ in range(num_cached))
+    state = tuple(jnp.zeros(feature_shape, c.dtype) for _ in range(2 * stateful))
+    blocks = tuple(jnp.zeros(feature_shape, c.dtype) for _ in range(num_cached))
     y = image.astype(jnp.float32)
     if scale is not None:
       y = y / scale
-    y, _, _ = jax.lax.fori_loop(0, model.num_groups * model.recurrences, one_pass,
+    y, _, _ = jax.lax.fori_loop(0, c.num_groups * c.recurrences, one_pass,
                                 (y, state, blocks))
     y = jnp.clip(y, 0.0, 1.0)[0]
     return jnp.round(y * 255.0).astype(jnp.uint8) if out_uint8 else y
@@ -805,12 +809,7 @@ def plan_evaluation(low_dir: str, high_dir: str, output_dir: str, *,
 
 def model_fields(model: models.CRNet) -> dict[str, Any]:
   """The model config's fields (`configs/default.py`) of a CRNet module."""
-  from configs import default  # pylint: disable=g-import-not-at-top
-  fields = {}
-  for key in default.get_model_config().keys():
-    value = getattr(model, key)
-    fields[key] = jnp.dtype(value).name if key == 'dtype' else value
-  return fields
+  return model.config.to_dict()
 
 
 def evaluate_pairs(enhancer: Enhancer, low_dir: str, high_dir: str, output_dir: str, *,

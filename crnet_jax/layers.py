@@ -5,6 +5,7 @@ bfloat16 for speed). All convolutions are 3x3, stride 1, SAME padding, with bias
 
 - `MaskedConv`: the gated convolution MC(x) = act(conv_f(x)) * sigmoid(conv_m(x)).
 - `PlainConv`: act(conv(x)), the RN ablation of Table 2 (no mask).
+- `conv_type`: which of the two an MC position uses (a `ModuleDef` taking features, activation).
 - `MaskedResidualBlock`: MRB(x) = x + MC2(MC1(x)).
 - `ConvLSTM`, `ConvGRU`, `NoMemory`: the convolutional memory carried across an LMRG's recurrences.
 - `LayerAttention`: HAN's layer attention over the B block outputs of one LMRG pass.
@@ -22,6 +23,7 @@ from crnet_jax import pallas_mrb
 
 Array = jax.Array
 Dtype = Any
+ModuleDef = Any
 # The memory state (h, c). ConvGRU and NoMemory carry c along unchanged.
 MemoryState = tuple[Array, Array]
 
@@ -111,7 +113,6 @@ class PlainConv(nn.Module):
   """`act(conv(x))`: the convolution that replaces MC in the RN row of Table 2."""
   features: int
   activation: str = 'relu'
-  fused: bool = True  # unused; keeps the constructor interchangeable with MaskedConv
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -119,6 +120,14 @@ class PlainConv(nn.Module):
   def __call__(self, x: Array) -> Array:
     y = Conv(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name='conv')(x)
     return get_activation(self.activation)(y)
+
+
+def conv_type(masked: bool, fused: bool = True) -> ModuleDef:
+  """The MC module class: `MaskedConv` (run `fused` or not) or, for RN, `PlainConv`.
+
+  Both take `(features, activation, dtype=..., param_dtype=..., name=...)`.
+  """
+  return functools.partial(MaskedConv, fused=fused) if masked else PlainConv
 
 
 class MaskedConvParams(MaskedConv):
@@ -168,8 +177,8 @@ class MaskedResidualBlock(nn.Module):
       return pallas_mrb.masked_residual_block(x, mc1, mc2, mask,
                                               activation=get_activation(self.activation),
                                               dtype=self.dtype)
-    conv_cls = MaskedConv if self.masked else PlainConv
-    kw = dict(features=self.features, activation=self.activation, fused=self.fused,
+    conv_cls = conv_type(self.masked, self.fused)
+    kw = dict(features=self.features, activation=self.activation,
               dtype=self.dtype, param_dtype=self.param_dtype)
     y = apply_mask(conv_cls(**kw, name='mc1')(x), mask)
     y = apply_mask(conv_cls(**kw, name='mc2')(y), mask)

@@ -2,7 +2,8 @@
 
 `configs/default.py` builds the run configs' `model` group from it, and a release or an export
 (`crnet_jax/release.py`) reads a saved model config onto it, so that the library needs nothing
-from `configs/`.
+from `configs/`. `models.CRNetConfig.from_config` turns a model config into the network's options
+(and takes the performance options that an older config lacks from here).
 """
 
 import ml_collections

@@ -14,6 +14,7 @@ The intermediate stages feed the mid-step loss L_ms and the mid-consistency L_mc
 
 from collections.abc import Sequence
 import contextlib
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -23,6 +24,7 @@ import ml_collections
 import numpy as np
 
 from crnet_jax import layers
+from crnet_jax import model_defaults
 
 Array = jax.Array
 
@@ -34,12 +36,67 @@ REMAT = ('none', 'lmrg', 'blocks')
 # (jax.checkpoint_policies); 'dots_saveable' keeps the convolution outputs and recomputes only the
 # elementwise ops (activations, gates, residual sums) in the backward pass.
 REMAT_POLICIES = ('nothing_saveable', 'dots_saveable', 'dots_with_no_batch_dims_saveable')
+# The image channels that CRNet reads and writes (RGB).
+CHANNELS = 3
 
 
 def remat_policy(name: str):
   """The jax.checkpoint policy named `name` (one of `REMAT_POLICIES`)."""
   _check_choice('remat_policy', name, REMAT_POLICIES)
   return getattr(jax.checkpoint_policies, name)
+
+
+@dataclasses.dataclass(frozen=True)
+class CRNetConfig:
+  """Every option of CRNet: the fields of `config.model` (`model_defaults.py` documents them).
+
+  Build it with `from_config(config.model)`, which checks every field; `dtype` is the compute
+  dtype (`jnp.float32` or `jnp.bfloat16`; parameters are float32 whatever it is).
+  """
+  features: int
+  num_groups: int
+  recurrences: int
+  num_blocks: int
+  activation: str
+  memory: str
+  skip: str
+  masked_conv: bool
+  layer_attention: bool
+  fused_masked_conv: bool
+  dtype: Any
+  layer_attention_impl: str
+  mrb_impl: str
+  remat: str
+  remat_policy: str
+
+  @classmethod
+  def from_config(cls, model_config: ml_collections.ConfigDict) -> 'CRNetConfig':
+    """The options of `config.model`, checked (ValueError naming the bad field)."""
+    for key in ('features', 'num_groups', 'recurrences', 'num_blocks'):
+      value = model_config[key]
+      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f'model.{key}: must be a positive integer, got {value!r}')
+    _check_choice('activation', model_config.activation, layers.ACTIVATIONS)
+    _check_choice('memory', model_config.memory, layers.MEMORY_MODULES)
+    _check_choice('skip', model_config.skip, ('input', 'previous'))
+    _check_choice('dtype', model_config.dtype, DTYPES)
+    # Performance options (same parameters, same function); older configs may lack them.
+    defaults = model_defaults.get_model_config()
+    fast = {key: model_config.get(key, defaults[key])
+            for key in ('layer_attention_impl', 'mrb_impl', 'remat', 'remat_policy')}
+    _check_choice('layer_attention_impl', fast['layer_attention_impl'],
+                  layers.LAYER_ATTENTION_IMPLS)
+    _check_choice('mrb_impl', fast['mrb_impl'], layers.MRB_IMPLS)
+    _check_choice('remat', fast['remat'], REMAT)
+    _check_choice('remat_policy', fast['remat_policy'], REMAT_POLICIES)
+    required = [f.name for f in dataclasses.fields(cls) if f.name not in fast]
+    return cls(**{key: model_config[key] for key in required if key != 'dtype'},
+               dtype=DTYPES[model_config.dtype], **fast)
+
+  def to_dict(self) -> dict[str, Any]:
+    """The fields as `config.model` spells them (`dtype` by name)."""
+    d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    return {**d, 'dtype': jnp.dtype(self.dtype).name}
 
 
 class LMRG(nn.Module):
@@ -54,70 +111,76 @@ class LMRG(nn.Module):
   ```
   `mask` (batch, H, W, 1), 1 on real pixels, makes a padded image compute exactly what the
   unpadded one does (`layers.apply_mask`); evaluation and inference pass it, training does not.
-  Tiled inference (`crnet_jax.inference`) runs a pass in two parts. Part one, with
-  `energy_mask`: head, memory and blocks only, returning `(blocks, state, energy)`: the block
-  outputs (B of them; only f_B without layer attention), the new memory state and the layer
-  attention's energy over the pixels of `energy_mask` (summed over tiles it is the whole image's
-  energy; None without layer attention). Part two, with `blocks` (those outputs, gathered over
-  the tiles) and `energy` (the summed energy): layer attention, tail and skip only, returning y'.
+  `__call__` is the whole pass. Tiled inference (`crnet_jax.inference`) runs it in two parts,
+  each with `apply(..., method=...)`: `blocks_and_energy` (head, memory, blocks; summed over the
+  tiles, its energy is the whole image's) and `attend_and_tail` (layer attention, tail, skip).
   """
-  features: int = 32
-  num_blocks: int = 5
-  activation: str = 'relu'
-  memory: str = 'convlstm'
-  skip: str = 'input'
-  masked_conv: bool = True
-  layer_attention: bool = True
-  fused_masked_conv: bool = True
-  layer_attention_impl: str = 'stack'
-  mrb_impl: str = 'xla'  # the masked residual blocks as XLA ops or Pallas kernels
-  remat_blocks: bool = False  # rematerialise each masked residual block (model.remat='blocks')
-  remat_policy: str = 'nothing_saveable'
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
+  config: CRNetConfig
 
-  @nn.compact
-  def __call__(self, x: Array, y: Array, state: layers.MemoryState | None, *,
-               mask: Array | None = None, energy: Array | None = None,
-               energy_mask: Array | None = None, blocks: Sequence[Array] | None = None):
-    common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    masked = lambda v: layers.apply_mask(v, mask)
-    conv_cls = layers.MaskedConv if self.masked_conv else layers.PlainConv
-    part_two = blocks is not None
-    if not part_two:
-      inputs = masked(jnp.concatenate([x, y], axis=-1).astype(self.dtype))
-      z = masked(conv_cls(self.features, self.activation, fused=self.fused_masked_conv, **common,
-                          name='head')(inputs))
-      h, state = layers.MEMORY_MODULES[self.memory](self.features, **common,
-                                                    name='memory')(z, state)
-      h, state = masked(h), tuple(masked(s) for s in state)
-      block_cls = layers.MaskedResidualBlock
-      if self.remat_blocks:
-        block_cls = nn.remat(block_cls, policy=remat_policy(self.remat_policy))
-      blocks = []
-      for b in range(self.num_blocks):
-        h = block_cls(self.features, self.activation, masked=self.masked_conv,
-                      fused=self.fused_masked_conv, impl=self.mrb_impl, **common,
-                      name=f'block_{b}')(h, mask)
-        blocks.append(h)
-      if energy_mask is not None:  # tiled inference, part one
-        if not self.layer_attention:
-          return blocks[-1:], state, None
-        if self.layer_attention_impl == 'concat':
-          return blocks, state, layers.layer_energy_of_list(blocks, energy_mask)
-        return blocks, state, layers.layer_energy(
-            jnp.stack(blocks, axis=1), energy_mask,
-            matmul=self.layer_attention_impl == 'stack')
-    if self.layer_attention:
-      u = masked(layers.LayerAttention(self.features, impl=self.layer_attention_impl, **common,
-                                       name='layer_attention')(blocks, energy))
+  def setup(self):
+    c = self.config
+    conv = layers.conv_type(c.masked_conv, c.fused_masked_conv)
+    self.head = conv(c.features, c.activation, dtype=c.dtype)
+    self.memory = layers.MEMORY_MODULES[c.memory](c.features, dtype=c.dtype)
+    block = layers.MaskedResidualBlock
+    if c.remat == 'blocks':  # rematerialise each masked residual block
+      block = nn.remat(block, policy=remat_policy(c.remat_policy))
+    self.blocks = [block(c.features, c.activation, masked=c.masked_conv,
+                         fused=c.fused_masked_conv, impl=c.mrb_impl, dtype=c.dtype,
+                         name=f'block_{b}') for b in range(c.num_blocks)]
+    if c.layer_attention:
+      self.layer_attention = layers.LayerAttention(c.features, impl=c.layer_attention_impl,
+                                                   dtype=c.dtype)
+    self.tail = conv(CHANNELS, 'identity', dtype=c.dtype)
+
+  def __call__(self, x: Array, y: Array, state: layers.MemoryState, mask: Array | None = None,
+               energy: Array | None = None) -> tuple[Array, layers.MemoryState]:
+    """`(y', new state)`; `energy`, when given, replaces the layer attention's own."""
+    blocks, state = self._blocks(x, y, state, mask)
+    return self.attend_and_tail(x, y, blocks, mask, energy), state
+
+  def blocks_and_energy(self, x: Array, y: Array, state: layers.MemoryState, mask: Array | None,
+                        energy_mask: Array) -> tuple[list[Array], layers.MemoryState, Array | None]:
+    """Part one: `(blocks, new state, energy)`.
+
+    The block outputs (B of them; only f_B without layer attention), the new memory state and
+    the layer attention's energy over the pixels of `energy_mask` (batch, H, W) (None without
+    layer attention).
+    """
+    c = self.config
+    blocks, state = self._blocks(x, y, state, mask)
+    if not c.layer_attention:
+      return blocks[-1:], state, None
+    if c.layer_attention_impl == 'concat':
+      return blocks, state, layers.layer_energy_of_list(blocks, energy_mask)
+    return blocks, state, layers.layer_energy(jnp.stack(blocks, axis=1), energy_mask,
+                                              matmul=c.layer_attention_impl == 'stack')
+
+  def attend_and_tail(self, x: Array, y: Array, blocks: Sequence[Array],
+                      mask: Array | None = None, energy: Array | None = None) -> Array:
+    """Part two: y' from the block outputs of `blocks_and_energy` (and the summed `energy`)."""
+    if x.shape[-1] != CHANNELS:
+      raise ValueError(f'CRNet reads {CHANNELS}-channel images, got shape {x.shape}')
+    if self.config.layer_attention:
+      u = layers.apply_mask(self.layer_attention(blocks, energy), mask)
     else:
       u = blocks[-1]
-    residual = conv_cls(x.shape[-1], 'identity', fused=self.fused_masked_conv, **common,
-                        name='tail')(u)
-    base = x if self.skip == 'input' else y
-    out = base.astype(jnp.float32) + residual.astype(jnp.float32)
-    return out if part_two else (out, state)
+    residual = self.tail(u)
+    base = x if self.config.skip == 'input' else y
+    return base.astype(jnp.float32) + residual.astype(jnp.float32)
+
+  def _blocks(self, x: Array, y: Array, state: layers.MemoryState, mask: Array | None
+              ) -> tuple[list[Array], layers.MemoryState]:
+    """Head, memory and blocks: the B block outputs and the new memory state."""
+    masked = lambda v: layers.apply_mask(v, mask)
+    z = masked(self.head(masked(jnp.concatenate([x, y], axis=-1).astype(self.config.dtype))))
+    h, state = self.memory(z, state)
+    h, state = masked(h), tuple(masked(s) for s in state)
+    blocks = []
+    for block in self.blocks:
+      h = block(h, mask)
+      blocks.append(h)
+    return blocks, state
 
 
 class CRNet(nn.Module):
@@ -128,32 +191,21 @@ class CRNet(nn.Module):
   `mask` (batch, H, W, 1), 1 on the real pixels of images padded at the bottom and right, makes
   each padded image give exactly its unpadded result on the real pixels (`layers.apply_mask`).
   """
-  features: int = 32
-  num_groups: int = 4
-  recurrences: int = 2
-  num_blocks: int = 5
-  activation: str = 'relu'
-  memory: str = 'convlstm'
-  skip: str = 'input'
-  masked_conv: bool = True
-  layer_attention: bool = True
-  fused_masked_conv: bool = True
-  layer_attention_impl: str = 'stack'
-  mrb_impl: str = 'xla'
-  remat: str = 'none'
-  remat_policy: str = 'nothing_saveable'
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
+  config: CRNetConfig
 
   @nn.compact
   def __call__(self, x: Array, mask: Array | None = None) -> tuple[Array, tuple[Array, ...]]:
+    c = self.config
+    group_cls = LMRG
+    if c.remat == 'lmrg':  # rematerialise each LMRG pass: same parameters, same forward pass
+      group_cls = nn.remat(LMRG, policy=remat_policy(c.remat_policy))
     x = x.astype(jnp.float32)
     y = x
     stages = []
-    for i in range(self.num_groups):
-      group = lmrg_of(self, name=f'lmrg_{i}', remat=self.remat == 'lmrg')
-      state = layers.zero_memory_state(x.astype(self.dtype), self.features)
-      for _ in range(self.recurrences):
+    for i in range(c.num_groups):
+      group = group_cls(c, name=f'lmrg_{i}')
+      state = layers.zero_memory_state(x.astype(c.dtype), c.features)
+      for _ in range(c.recurrences):
         y, state = group(x, y, state, mask=mask)
       stages.append(y)
     return stages[-1], tuple(stages[:-1])
@@ -204,29 +256,15 @@ def enhance(model: CRNet, params: Any, x: Array, mask: Array | None = None) -> A
   return jnp.clip(model.apply({'params': params}, x, mask)[0], 0.0, 1.0)
 
 
-def lmrg_of(model: CRNet, name: str | None = None, remat: bool = False) -> LMRG:
-  """The LMRG that `model` builds for each group (apply it with `params['lmrg_<i>']`).
-
-  With `remat` (CRNet with `remat='lmrg'`) the pass is wrapped in `nn.remat` with the model's
-  policy: same parameters, same forward pass, activations recomputed in the backward pass.
-  """
-  cls = nn.remat(LMRG, policy=remat_policy(model.remat_policy)) if remat else LMRG
-  return cls(features=model.features, num_blocks=model.num_blocks, activation=model.activation,
-             memory=model.memory, skip=model.skip, masked_conv=model.masked_conv,
-             layer_attention=model.layer_attention, fused_masked_conv=model.fused_masked_conv,
-             layer_attention_impl=model.layer_attention_impl, mrb_impl=model.mrb_impl,
-             remat_blocks=model.remat == 'blocks', remat_policy=model.remat_policy,
-             dtype=model.dtype, param_dtype=model.param_dtype, name=name)
-
-
 def receptive_radius(model: CRNet) -> int:
   """How many pixels away one LMRG pass looks: one per 3x3 conv on its longest path.
 
   Head, memory (ConvLSTM 1, ConvGRU 2 convs in sequence), 2B block convs, fuse, tail: 14 for the
   defaults. The layer attention's energy is global; tiled inference sums it over tiles.
   """
-  memory = {'convlstm': 1, 'convgru': 2, 'none': 0}[model.memory]
-  return 1 + memory + 2 * model.num_blocks + int(model.layer_attention) + 1
+  c = model.config
+  memory = {'convlstm': 1, 'convgru': 2, 'none': 0}[c.memory]
+  return 1 + memory + 2 * c.num_blocks + int(c.layer_attention) + 1
 
 
 def _check_choice(key: str, value: Any, choices) -> None:
@@ -236,43 +274,10 @@ def _check_choice(key: str, value: Any, choices) -> None:
 
 def create_model(model_config: ml_collections.ConfigDict) -> CRNet:
   """Builds CRNet from `config.model`, checking every field first."""
-  for key in ('features', 'num_groups', 'recurrences', 'num_blocks'):
-    value = model_config[key]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-      raise ValueError(f'model.{key}: must be a positive integer, got {value!r}')
-  _check_choice('activation', model_config.activation, layers.ACTIVATIONS)
-  _check_choice('memory', model_config.memory, layers.MEMORY_MODULES)
-  _check_choice('skip', model_config.skip, ('input', 'previous'))
-  _check_choice('dtype', model_config.dtype, DTYPES)
-  # Performance options (same parameters, same function); older configs may lack them.
-  layer_attention_impl = model_config.get('layer_attention_impl', 'stack')
-  remat = model_config.get('remat', 'none')
-  policy = model_config.get('remat_policy', 'nothing_saveable')
-  mrb_impl = model_config.get('mrb_impl', 'xla')
-  _check_choice('layer_attention_impl', layer_attention_impl, layers.LAYER_ATTENTION_IMPLS)
-  _check_choice('mrb_impl', mrb_impl, layers.MRB_IMPLS)
-  _check_choice('remat', remat, REMAT)
-  _check_choice('remat_policy', policy, REMAT_POLICIES)
-  return CRNet(
-      features=model_config.features,
-      num_groups=model_config.num_groups,
-      recurrences=model_config.recurrences,
-      num_blocks=model_config.num_blocks,
-      activation=model_config.activation,
-      memory=model_config.memory,
-      skip=model_config.skip,
-      masked_conv=model_config.masked_conv,
-      layer_attention=model_config.layer_attention,
-      fused_masked_conv=model_config.fused_masked_conv,
-      layer_attention_impl=layer_attention_impl,
-      mrb_impl=mrb_impl,
-      remat=remat,
-      remat_policy=policy,
-      dtype=DTYPES[model_config.dtype],
-  )
+  return CRNet(CRNetConfig.from_config(model_config))
 
 
-def num_params(model_config: ml_collections.ConfigDict, channels: int = 3) -> int:
+def num_params(model_config: ml_collections.ConfigDict, channels: int = CHANNELS) -> int:
   """The analytic parameter count of CRNet for `config.model` (1,240,732 for the defaults).
 
   Counted module by module from the shapes of docs/model.md, independently of the flax code, so a
@@ -294,7 +299,8 @@ def num_params(model_config: ml_collections.ConfigDict, channels: int = 3) -> in
   return model_config.num_groups * group
 
 
-def flops_per_pixel(model_config: ml_collections.ConfigDict, channels: int = 3) -> int:
+def flops_per_pixel(model_config: ml_collections.ConfigDict,
+                    channels: int = CHANNELS) -> int:
   """The analytic forward FLOPs per pixel of CRNet (4,974,592, i.e. 4.97 MFLOP, for the defaults).
 
   Two FLOPs (a multiply and an add) per multiply-accumulate of every 3x3 convolution (9 * C_in *

@@ -1,5 +1,6 @@
 """Inference, evaluation and export on a tiny CRNet with non-trivial parameters."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -66,7 +67,7 @@ def test_tile_windows_partition_the_image():
 def test_tiled_equals_whole_image(tiny, overrides):
   model, params, _ = tiny
   if overrides:
-    model = model.clone(**overrides)
+    model = model.clone(config=dataclasses.replace(model.config, **overrides))
     params = init(model, 1)['params']
     params = jax.tree.map(lambda v: v * 3.0, params)
   rng = np.random.default_rng(0)

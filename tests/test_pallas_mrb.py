@@ -157,7 +157,7 @@ def test_crnet_with_pallas_blocks_equals_xla():
   for impl in layers.MRB_IMPLS:
     config.mrb_impl = impl
     model = models.create_model(config)
-    assert model.mrb_impl == impl
+    assert model.config.mrb_impl == impl
     fn = jax.jit(lambda p, model=model: model.apply({'params': p}, x, mask)[0])
     outs[impl] = fn.lower(params).compile(FAST_COMPILE)(params)
   assert np.max(np.abs(outs['xla'] - x)) > 0.05  # the network does something
