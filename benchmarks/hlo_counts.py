@@ -44,13 +44,6 @@ OPTIONS = {
     'mrb_impl=pallas': {'mrb_impl': 'pallas'},
 }
 
-_CONFIG = config_flags.DEFINE_config_file('config', os.path.join(REPO, 'configs', 'crnet.py'),
-                                          'run config (its `model` fields are used)')
-_BATCH = flags.DEFINE_integer('batch', 16, 'patches per step')
-_PATCH = flags.DEFINE_integer('patch', 128, 'patch side')
-_DTYPE = flags.DEFINE_string('dtype', '', "compute dtype ('' = the config's)")
-_OPTIONS = flags.DEFINE_list('options', list(OPTIONS), f'which of {list(OPTIONS)}')
-
 _OPCODE = re.compile(r'^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*[^=]*?\s([a-z][\w\-]*)\(')
 _COMPUTATION = re.compile(r'^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$')
 _CALLS = re.compile(r'(?:body|condition|to_apply)=%?([\w.\-]+)')
@@ -143,17 +136,30 @@ def measure(model_config: Any, options: Sequence[str], batch: int, patch: int
   return records
 
 
+def define_flags() -> None:
+  """The command-line flags (defined only when run as a script: importing this module, as the
+  tests do, adds no global absl flags)."""
+  config_flags.DEFINE_config_file('config', os.path.join(REPO, 'configs', 'crnet.py'),
+                                  'run config (its `model` fields are used)')
+  flags.DEFINE_integer('batch', 16, 'patches per step')
+  flags.DEFINE_integer('patch', 128, 'patch side')
+  flags.DEFINE_string('dtype', '', "compute dtype ('' = the config's)")
+  flags.DEFINE_list('options', list(OPTIONS), f'which of {list(OPTIONS)}')
+
+
 def main(argv: Sequence[str]) -> None:
   del argv
-  model_config = _CONFIG.value.model
-  if _DTYPE.value:
-    model_config.dtype = _DTYPE.value
-  unknown = sorted(set(_OPTIONS.value) - set(OPTIONS))
+  f = flags.FLAGS
+  model_config = f.config.model
+  if f.dtype:
+    model_config.dtype = f.dtype
+  unknown = sorted(set(f.options) - set(OPTIONS))
   if unknown:
     raise SystemExit(f'error: --options: unknown {unknown}; choose from {list(OPTIONS)}')
-  for record in measure(model_config, _OPTIONS.value, _BATCH.value, _PATCH.value):
+  for record in measure(model_config, f.options, f.batch, f.patch):
     print(json.dumps(record), flush=True)
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
