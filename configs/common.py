@@ -79,6 +79,11 @@ SIZES = {
     'lol_cpu': _LOL_CPU,
     # lol.py `cpu_wide`: as `lol_cpu` with twice the features (C 32).
     'lol_cpu_wide': _merged(_LOL_CPU, {'model': {'features': 32}}),
+    # lol.py `cpu_long`: as `lol_cpu` trained 4x longer (16,000 steps), the learning rate halved
+    # at steps ~8,000, 12,000, 14,000 and 15,000 (ending at 1/16 of it), evaluation every ~1,000.
+    'lol_cpu_long': _merged(_LOL_CPU, {'num_train_steps': 16000,
+                                       'lr_decay_epochs': (43.7, 65.6, 76.5, 82.0),
+                                       'eval_every_epochs': 5.48}),
     # study.py `half`: the study's schedule over 50 epochs instead of 100.
     'study_half': {
         'num_epochs': 50,

@@ -31,6 +31,10 @@ Arguments (comma-separated, `--config=configs/lol.py:few,test`): one arm and at 
     over the 49 labeled pairs.
   - `cpu_wide`: as `cpu` with twice the features (C 32: 343k parameters against 89k), to test
     whether the gap between 10% and 100% of the labels grows with the network's capacity.
+  - `cpu_long`: as `cpu` trained 4x longer (16,000 steps; the learning rate halved at steps
+    ~8,000, 12,000, 14,000 and 15,000, so the last evaluations come from a settled network), to
+    test whether 485 pairs pull away from 49 when the network sees each of them more often
+    (in the `cpu` runs `full` still rose at the last step while `few` was flat from step ~1,000).
   - `test`: tiny (features 4, 2 groups x 1 recurrence x 1 block, 16x16 patches, 3 steps), for the
     tests.
 
@@ -53,7 +57,8 @@ ARMS = {
     'mcmt_real': ('mcmt', 0.1, {}),
 }
 # Size argument -> its entry in common.SIZES.
-SIZE_ENTRIES = {'cpu': 'lol_cpu', 'cpu_wide': 'lol_cpu_wide', 'test': 'test'}
+SIZE_ENTRIES = {'cpu': 'lol_cpu', 'cpu_wide': 'lol_cpu_wide', 'cpu_long': 'lol_cpu_long',
+                'test': 'test'}
 SIZES = tuple(SIZE_ENTRIES)
 
 
