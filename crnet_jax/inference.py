@@ -86,9 +86,6 @@ class TilingConfig:
     return cls(**{k: type(getattr(cls, k))(v) for k, v in dict(config).items() if k in fields})
 
 
-_round_up = image_io.round_up
-
-
 def tile_windows(length: int, tile: int, halo: int) -> list[tuple[int, int, int]]:
   """`(window_start, core_start, core_end)` along one axis of `length` pixels.
 
@@ -221,7 +218,7 @@ class Enhancer:
 
   def _padding(self, h: int, w: int) -> tuple[tuple[int, int], ...]:
     b = self.tiling.bucket
-    return ((0, _round_up(h, b) - h), (0, _round_up(w, b) - w), (0, 0))
+    return ((0, image_io.round_up(h, b) - h), (0, image_io.round_up(w, b) - w), (0, 0))
 
   def _enhance(self, image: np.ndarray | list[np.ndarray], out_uint8: bool) -> np.ndarray:
     """Pad to the bucket, whole or tiled, crop back (float32 or uint8)."""
