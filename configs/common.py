@@ -84,6 +84,9 @@ SIZES = {
     'lol_cpu_long': _merged(_LOL_CPU, {'num_train_steps': 16000,
                                        'lr_decay_epochs': (43.7, 65.6, 76.5, 82.0),
                                        'eval_every_epochs': 5.48}),
+    # lol.py `cpu_mean`: as `lol_cpu` with the layer attention's energy as a mean over the
+    # pixels instead of a sum, so that whole test images see the softmax that patches trained.
+    'lol_cpu_mean': _merged(_LOL_CPU, {'model': {'layer_attention_energy': 'mean'}}),
     # study.py `half`: the study's schedule over 50 epochs instead of 100.
     'study_half': {
         'num_epochs': 50,

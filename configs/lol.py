@@ -35,6 +35,11 @@ Arguments (comma-separated, `--config=configs/lol.py:few,test`): one arm and at 
     ~8,000, 12,000, 14,000 and 15,000, so the last evaluations come from a settled network), to
     test whether 485 pairs pull away from 49 when the network sees each of them more often
     (in the `cpu` runs `full` still rose at the last step while `few` was flat from step ~1,000).
+  - `cpu_mean`: as `cpu` with `model.layer_attention_energy='mean'`: the layer attention's energy
+    divided by the pixels it sums over, so that a 300x200 test image (58x the pixels of a 32x32
+    patch) gets the softmax the patches trained (docs/model.md, "The energy grows with the image
+    size"; in `cpu_long` the `full` arm's whole-image PSNR fell from 21.2 to 12 dB while its
+    training loss kept falling).
   - `test`: tiny (features 4, 2 groups x 1 recurrence x 1 block, 16x16 patches, 3 steps), for the
     tests.
 
@@ -58,7 +63,7 @@ ARMS = {
 }
 # Size argument -> its entry in common.SIZES.
 SIZE_ENTRIES = {'cpu': 'lol_cpu', 'cpu_wide': 'lol_cpu_wide', 'cpu_long': 'lol_cpu_long',
-                'test': 'test'}
+                'cpu_mean': 'lol_cpu_mean', 'test': 'test'}
 SIZES = tuple(SIZE_ENTRIES)
 
 

@@ -312,6 +312,9 @@ class Enhancer:
 
     c = model.config
     group = models.LMRG(c)
+    # The energy summed over the tiles' cores, scaled as the layer attention scales its own.
+    whole_image = lambda e: e if e is None else layers.scale_energy(
+        e, c.layer_attention_energy, size[0] * size[1], c.features)
     cached = self.tiling.cache_blocks
     num_cached = (c.num_blocks if c.layer_attention else 1) if cached else 0
     # The memory state lives at full resolution only when a group has several recurrences
@@ -355,6 +358,7 @@ class Enhancer:
         new_state = tuple(jnp.zeros(feature_shape, c.dtype) for _ in range(2 * stateful))
         (fulls, energy), _ = jax.lax.scan(part_one, (blocks + new_state, energy), tiles)
         blocks, new_state = fulls[:num_cached], fulls[num_cached:]
+        energy = whole_image(energy)
 
         # The layer attention, fuse and tail read the gathered block outputs. The estimate is
         # updated in place: a tile reads it only where it writes (the skip), and the cores
@@ -376,6 +380,7 @@ class Enhancer:
           return total + e, None
         energy, _ = jax.lax.scan(
             energy_of, jnp.zeros((1, c.num_blocks, c.num_blocks), jnp.float32), tiles)
+        energy = whole_image(energy)
 
       def step(carry, tile):  # the whole pass on each tile, with the summed energy
         out, new_state = group.apply(variables, **inputs(tile, y), energy=energy)

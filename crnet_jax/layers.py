@@ -13,6 +13,7 @@ bfloat16 for speed). All convolutions are 3x3, stride 1, SAME padding, with bias
 
 from collections.abc import Callable, Sequence
 import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -260,6 +261,26 @@ MEMORY_MODULES: dict[str, type[nn.Module]] = {
 
 
 LAYER_ATTENTION_IMPLS = ('stack', 'reduce', 'concat')
+# How the energy scales with the image: the paper's sum over pixels, or the mean (config
+# `model.layer_attention_energy`, docs/model.md "The energy grows with the image size").
+LAYER_ATTENTION_ENERGIES = ('sum', 'mean')
+
+
+def scale_energy(energy: Array, mode: str, pixels: Array | int, channels: int) -> Array:
+  """The energy the softmax reads: `E` as summed ('sum', the paper) or `E / (pixels * C)` ('mean').
+
+  'sum' grows with the number of pixels, so a whole test image sharpens the softmax far beyond
+  what training patches did; 'mean' (the mean product over the H*W*C terms) is the same for a
+  patch and a whole image with the same statistics. `pixels`: the real pixels of each image, a
+  scalar or (batch,).
+  """
+  if mode == 'sum':
+    return energy
+  if mode != 'mean':
+    raise ValueError(f'model.layer_attention_energy: {mode!r} is not one of '
+                     f'{list(LAYER_ATTENTION_ENERGIES)}')
+  count = jnp.asarray(pixels, jnp.float32).reshape(-1, 1, 1) * channels
+  return energy.astype(jnp.float32) / count
 
 
 def layer_energy(layers: Array, mask: Array | None = None, matmul: bool = True) -> Array:
@@ -307,7 +328,10 @@ class LayerAttention(nn.Module):
   layers weigh more); `out = gamma * (A F) + F` with a learnable scalar `gamma` initialised to 0;
   then `out` is reshaped to (batch, H, W, B*C) and fused by a 3x3 conv B*C -> C.
   E and the softmax are computed in float32 whatever the compute dtype (E sums H*W*C terms).
-  `energy`, when given, replaces E (tiled inference passes the energy of the whole image).
+  `energy_mode` ('sum' | 'mean', config `model.layer_attention_energy`): E as the sum above (the
+  paper) or divided by the H*W*C terms it sums (`scale_energy`); `pixels` (batch,) counts each
+  image's real pixels when it is padded (default H*W). `energy`, when given, replaces the scaled E
+  (tiled inference passes the scaled energy of the whole image).
 
   Two implementations of the same function and the same parameters (`impl`, config
   `model.layer_attention_impl`):
@@ -327,31 +351,36 @@ class LayerAttention(nn.Module):
   """
   features: int
   impl: str = 'stack'
+  energy_mode: str = 'sum'
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, layers: Array | Sequence[Array], energy: Array | None = None) -> Array:
+  def __call__(self, layers: Array | Sequence[Array], energy: Array | None = None,
+               pixels: Array | None = None) -> Array:
     """`layers`: (batch, B, H, W, C), or the B arrays (batch, H, W, C) -> (batch, H, W, features).
     """
     if self.impl not in LAYER_ATTENTION_IMPLS:
       raise ValueError(f'model.layer_attention_impl: {self.impl!r} is not one of '
                        f'{list(LAYER_ATTENTION_IMPLS)}')
     gamma = self.param('gamma', nn.initializers.zeros, (), self.param_dtype)
+    if energy is None and pixels is None:
+      pixels = math.prod((layers.shape[2:4] if hasattr(layers, 'ndim') else layers[0].shape[1:3]))
     if self.impl in ('stack', 'reduce'):
-      out = self._stacked(layers, energy, gamma)
+      out = self._stacked(layers, energy, pixels, gamma)
     else:
-      out = self._concatenated(layers, energy, gamma)
+      out = self._concatenated(layers, energy, pixels, gamma)
     return Conv(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name='fuse')(out)
 
   def _stacked(self, layers: Array | Sequence[Array], energy: Array | None,
-               gamma: Array) -> Array:
+               pixels: Array | int | None, gamma: Array) -> Array:
     if not hasattr(layers, 'ndim'):
       layers = jnp.stack(layers, axis=1)
     batch, num_layers, height, width, channels = layers.shape
     matmul = self.impl == 'stack'
     if energy is None:
-      energy = layer_energy(layers, matmul=matmul)
+      energy = scale_energy(layer_energy(layers, matmul=matmul), self.energy_mode, pixels,
+                            channels)
     attention = _attention(energy)
     flat = layers.reshape(batch, num_layers, -1).astype(self.dtype)
     if matmul:
@@ -365,12 +394,15 @@ class LayerAttention(nn.Module):
     return jnp.moveaxis(out, 1, 3).reshape(batch, height, width, num_layers * channels)
 
   def _concatenated(self, layers: Array | Sequence[Array], energy: Array | None,
-                    gamma: Array) -> Array:
+                    pixels: Array | int | None, gamma: Array) -> Array:
     if hasattr(layers, 'ndim'):
       layers = [layers[:, b] for b in range(layers.shape[1])]
     layers = tuple(layers)
     if energy is None:
-      return _attend_concat(gamma.astype(jnp.float32), self.dtype, layers)
+      # The energy's scale, one per image (1 for 'sum'), enters the hand-written backward pass.
+      ones = jnp.ones((layers[0].shape[0], 1, 1), jnp.float32)
+      scale = scale_energy(ones, self.energy_mode, pixels, layers[0].shape[-1])
+      return _attend_concat(gamma.astype(jnp.float32), self.dtype, layers, scale)
     weights = gamma.astype(jnp.float32) * _attention(energy)
     return _weighted_concat(weights, layers, self.dtype)
 
@@ -411,26 +443,28 @@ def _pair_sums(a: Sequence[Array], b: Sequence[Array], symmetric: bool) -> Array
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _attend_concat(gamma: Array, dtype: Dtype, layers: Sequence[Array]) -> Array:
+def _attend_concat(gamma: Array, dtype: Dtype, layers: Sequence[Array], scale: Array) -> Array:
   """The 'concat' layer attention with its own backward pass (see `_attend_concat_bwd`)."""
-  return _attend_concat_fwd(gamma, dtype, layers)[0]
+  return _attend_concat_fwd(gamma, dtype, layers, scale)[0]
 
 
-def _attend_concat_fwd(gamma, dtype, layers):
-  attention = _attention(_pair_sums(layers, layers, symmetric=True))
-  return _weighted_concat(gamma * attention, layers, dtype), (gamma, attention, layers)
+def _attend_concat_fwd(gamma, dtype, layers, scale):
+  attention = _attention(scale * _pair_sums(layers, layers, symmetric=True))
+  return (_weighted_concat(gamma * attention, layers, dtype),
+          (gamma, attention, layers, scale))
 
 
 def _attend_concat_bwd(dtype, residuals, d_out):
-  """Gradients of `out_i = F_i + gamma sum_j A_ij F_j`, `A = softmax(rowmax(E) - E)`, `E = F F^T`.
+  """Gradients of `out_i = F_i + gamma sum_j A_ij F_j`, `A = softmax(rowmax(E) - E)`, `E = s F F^T`.
 
   With `G_ij = <dout_i, F_j>`: `dgamma = sum(G * A)`, `dA = gamma G`; the softmax's backward
   `dS = A * (dA - rowsum(dA * A))` and `dE = -dS` (the rowmax shift has no gradient: softmax is
-  shift-invariant); `dF_j = dout_j + gamma sum_i A_ij dout_i + sum_k (dE_jk + dE_kj) F_k`. One
-  pass of reductions and one elementwise pass over the B layers, whatever XLA would fuse.
+  shift-invariant); `dF_j = dout_j + gamma sum_i A_ij dout_i + s sum_k (dE_jk + dE_kj) F_k`. One
+  pass of reductions and one elementwise pass over the B layers, whatever XLA would fuse. The
+  scale `s` (batch, 1, 1) depends on no parameter: its cotangent is zero.
   """
   del dtype
-  gamma, attention, layers = residuals
+  gamma, attention, layers, scale = residuals
   n = len(layers)
   d_layers = [d.astype(jnp.float32) for d in jnp.split(d_out, n, axis=-1)]
   g = _pair_sums(d_layers, layers, symmetric=False)
@@ -438,7 +472,7 @@ def _attend_concat_bwd(dtype, residuals, d_out):
   d_att = gamma * g
   d_scores = attention * (d_att - jnp.sum(d_att * attention, axis=-1, keepdims=True))
   d_energy = -d_scores
-  d_sym = d_energy + jnp.swapaxes(d_energy, 1, 2)
+  d_sym = scale * (d_energy + jnp.swapaxes(d_energy, 1, 2))
   w = (gamma * attention)[:, :, :, None, None, None]
   s = d_sym[:, :, :, None, None, None]
   wide = [f.astype(jnp.float32) for f in layers]
@@ -448,7 +482,7 @@ def _attend_concat_bwd(dtype, residuals, d_out):
     for i in range(n):
       acc = acc + w[:, i, j] * d_layers[i] + s[:, j, i] * wide[i]
     grads.append(acc.astype(layers[j].dtype))
-  return d_gamma.astype(gamma.dtype), tuple(grads)
+  return d_gamma.astype(gamma.dtype), tuple(grads), jnp.zeros_like(scale)
 
 
 _attend_concat.defvjp(_attend_concat_fwd, _attend_concat_bwd)

@@ -22,6 +22,10 @@ def get_model_config() -> ml_collections.ConfigDict:
   # Table 2 switches: RN = masked_conv False and layer_attention False; MRN = layer_attention False.
   m.masked_conv = True
   m.layer_attention = True
+  # The layer attention's energy E = F F^T as the paper's sum over the H*W*C products ('sum'),
+  # which grows with the image, or their mean ('mean': the same softmax for a patch and a whole
+  # image). A deviation when 'mean': docs/model.md, "The energy grows with the image size".
+  m.layer_attention_energy = 'sum'
   # Run each MC's feature and mask convs as one conv with 2C outputs (same numerics, faster).
   m.fused_masked_conv = True
   # Compute dtype: 'float32', or 'bfloat16' (params stay float32).

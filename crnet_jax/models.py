@@ -65,6 +65,7 @@ class CRNetConfig:
   fused_masked_conv: bool
   dtype: Any
   layer_attention_impl: str
+  layer_attention_energy: str
   mrb_impl: str
   remat: str
   remat_policy: str
@@ -80,12 +81,15 @@ class CRNetConfig:
     _check_choice('memory', model_config.memory, layers.MEMORY_MODULES)
     _check_choice('skip', model_config.skip, ('input', 'previous'))
     _check_choice('dtype', model_config.dtype, DTYPES)
-    # Performance options (same parameters, same function); older configs may lack them.
+    # Fields added after the first release (older configs lack them: their defaults apply).
     defaults = model_defaults.get_model_config()
     fast = {key: model_config.get(key, defaults[key])
-            for key in ('layer_attention_impl', 'mrb_impl', 'remat', 'remat_policy')}
+            for key in ('layer_attention_impl', 'layer_attention_energy', 'mrb_impl', 'remat',
+                        'remat_policy')}
     _check_choice('layer_attention_impl', fast['layer_attention_impl'],
                   layers.LAYER_ATTENTION_IMPLS)
+    _check_choice('layer_attention_energy', fast['layer_attention_energy'],
+                  layers.LAYER_ATTENTION_ENERGIES)
     _check_choice('mrb_impl', fast['mrb_impl'], layers.MRB_IMPLS)
     _check_choice('remat', fast['remat'], REMAT)
     _check_choice('remat_policy', fast['remat_policy'], REMAT_POLICIES)
@@ -129,8 +133,9 @@ class LMRG(nn.Module):
                          fused=c.fused_masked_conv, impl=c.mrb_impl, dtype=c.dtype,
                          name=f'block_{b}') for b in range(c.num_blocks)]
     if c.layer_attention:
-      self.layer_attention = layers.LayerAttention(c.features, impl=c.layer_attention_impl,
-                                                   dtype=c.dtype)
+      self.layer_attention = layers.LayerAttention(
+          c.features, impl=c.layer_attention_impl, energy_mode=c.layer_attention_energy,
+          dtype=c.dtype)
     self.tail = conv(CHANNELS, 'identity', dtype=c.dtype)
 
   def __call__(self, x: Array, y: Array, state: layers.MemoryState, mask: Array | None = None,
@@ -145,7 +150,7 @@ class LMRG(nn.Module):
 
     The block outputs (B of them; only f_B without layer attention), the new memory state and
     the layer attention's energy over the pixels of `energy_mask` (batch, H, W) (None without
-    layer attention).
+    layer attention), as a sum: summed over tiles, `layers.scale_energy` then scales it.
     """
     c = self.config
     blocks, state = self._blocks(x, y, state, mask)
@@ -162,7 +167,8 @@ class LMRG(nn.Module):
     if x.shape[-1] != CHANNELS:
       raise ValueError(f'CRNet reads {CHANNELS}-channel images, got shape {x.shape}')
     if self.config.layer_attention:
-      u = layers.apply_mask(self.layer_attention(blocks, energy), mask)
+      pixels = None if mask is None else jnp.sum(mask.astype(jnp.float32), axis=(1, 2, 3))
+      u = layers.apply_mask(self.layer_attention(blocks, energy, pixels), mask)
     else:
       u = blocks[-1]
     residual = self.tail(u)

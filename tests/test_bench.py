@@ -144,11 +144,12 @@ def test_flops_per_pixel_of_the_default_network_and_xla_agrees():
 
 
 @pytest.mark.parametrize('impl', ['concat', 'reduce'])
-def test_layer_attention_impls_equal_stack(impl):
+@pytest.mark.parametrize('energy', ['sum', 'mean'])
+def test_layer_attention_impls_equal_stack(impl, energy):
   rng = np.random.default_rng(0)
   feats = rng.standard_normal((2, 3, 4, 5, 2)).astype(np.float32)
-  stack = layers.LayerAttention(features=3)
-  concat = layers.LayerAttention(features=3, impl=impl)
+  stack = layers.LayerAttention(features=3, energy_mode=energy)
+  concat = layers.LayerAttention(features=3, impl=impl, energy_mode=energy)
   params = stack.init(jax.random.key(0), feats)['params']
   params = {**params, 'gamma': jnp.float32(0.37)}
   assert (jax.tree.structure(concat.init(jax.random.key(0), feats)['params'])
@@ -184,9 +185,10 @@ def loss_and_grads(model, params, x, y):
 
 
 @functools.cache
-def plain_loss_and_grads():
+def plain_loss_and_grads(energy='sum'):
   """(params, loss, grads) of the plain path, computed once for all the options."""
-  plain = models.create_model(tiny_model_config(**OPTION_TEST_MODEL))
+  plain = models.create_model(tiny_model_config(**OPTION_TEST_MODEL,
+                                                layer_attention_energy=energy))
   params = random_params(plain)
   return (params, *loss_and_grads(plain, params, *option_test_inputs()))
 
@@ -196,11 +198,13 @@ def plain_loss_and_grads():
     {'layer_attention_impl': 'reduce'},
     {'remat': 'lmrg'},
     {'remat': 'blocks', 'remat_policy': 'dots_saveable', 'layer_attention_impl': 'concat'},
+    {'layer_attention_impl': 'concat', 'layer_attention_energy': 'mean'},  # its own backward
 ])
 def test_performance_options_keep_outputs_and_gradients(overrides):
   x, y = option_test_inputs()
   fast = models.create_model(tiny_model_config(**OPTION_TEST_MODEL, **overrides))
-  params, want_loss, want_grads = plain_loss_and_grads()
+  params, want_loss, want_grads = plain_loss_and_grads(
+      overrides.get('layer_attention_energy', 'sum'))
   assert (jax.tree.structure(jax.eval_shape(fast.init, jax.random.key(0), x)['params'])
           == jax.tree.structure(params))
   loss, grads = loss_and_grads(fast, params, x, y)
@@ -213,17 +217,43 @@ def test_performance_options_keep_outputs_and_gradients(overrides):
     assert 'checkpoint' in jaxpr or 'remat' in jaxpr
 
 
-@pytest.mark.parametrize('impl', ['concat', 'reduce'])
-def test_layer_attention_impls_keep_masked_and_tiled_inference(impl):
+@pytest.mark.parametrize('impl,energy', [('concat', 'sum'), ('reduce', 'sum'), ('stack', 'mean'),
+                                         ('concat', 'mean'), ('reduce', 'mean')])
+def test_layer_attention_impls_keep_masked_and_tiled_inference(impl, energy):
+  # Whole: padded to a multiple of 8 under a pixel mask; tiled: the energy summed over tiles. With
+  # 'mean' both must divide by the real pixels (21 x 30), not the padded or the tile's.
   from crnet_jax import inference  # pylint: disable=g-import-not-at-top
   small = {'num_groups': 1, 'recurrences': 2, 'num_blocks': 2}
-  model = models.create_model(tiny_model_config(layer_attention_impl=impl, **small))
-  params = random_params(models.create_model(tiny_model_config(**small)))
+  model = models.create_model(tiny_model_config(layer_attention_impl=impl,
+                                                layer_attention_energy=energy, **small))
+  params = random_params(models.create_model(tiny_model_config(**small)), gamma=3.0)
   image = np.random.default_rng(0).random((21, 30, 3)).astype(np.float32)
+  alone = np.asarray(models.enhance(model, params, image[None]))[0]
   whole = inference.Enhancer(model, params, inference.TilingConfig(bucket=8))(image)
   tiled = inference.Enhancer(model, params, inference.TilingConfig(
       bucket=8, max_whole_pixels=100, tile_size=24))(image)
+  np.testing.assert_allclose(whole, alone, atol=1e-5)
   np.testing.assert_allclose(tiled, whole, atol=1e-5)
+
+
+@pytest.mark.parametrize('impl', layers.LAYER_ATTENTION_IMPLS)
+def test_mean_energy_does_not_grow_with_the_image(impl):
+  # The same features tiled 2 x 2: four times the pixels, the same statistics. Away from the
+  # border (the fuse conv pads), 'mean' gives the same output; 'sum' quadruples E and does not.
+  rng = np.random.default_rng(0)
+  feats = rng.standard_normal((1, 3, 6, 7, 2)).astype(np.float32) * 0.3
+  feats[:, 1] += feats[:, 0]  # correlated layers, so that the attention is not uniform
+  big = np.tile(feats, (1, 1, 2, 2, 1))
+  inner = (slice(None), slice(1, 5), slice(1, 6))
+  for mode, same in (('mean', True), ('sum', False)):
+    lam = layers.LayerAttention(features=3, impl=impl, energy_mode=mode)
+    params = {**lam.init(jax.random.key(0), feats)['params'], 'gamma': jnp.float32(2.0)}
+    small_out = np.asarray(lam.apply({'params': params}, feats))[inner]
+    big_out = np.asarray(lam.apply({'params': params}, big))[inner]
+    if same:
+      np.testing.assert_allclose(big_out, small_out, atol=1e-5)
+    else:
+      assert np.abs(big_out - small_out).max() > 1e-2
 
 
 @pytest.mark.parametrize('key,value', [('layer_attention_impl', 'fast'), ('remat', 'all'),

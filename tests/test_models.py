@@ -239,9 +239,11 @@ def test_bad_model_config_names_the_key(key, value):
     models.create_model(config)
 
 
-def test_pixel_mask_makes_padding_exact():
-  # Two images of different sizes in one zero-padded batch give their unpadded results.
-  config = tiny_model_config(features=4, recurrences=1)
+@pytest.mark.parametrize('energy', ['sum', 'mean'])
+def test_pixel_mask_makes_padding_exact(energy):
+  # Two images of different sizes in one zero-padded batch give their unpadded results ('mean'
+  # divides each image's energy by its own real pixels).
+  config = tiny_model_config(features=4, recurrences=1, layer_attention_energy=energy)
   model = models.create_model(config)
   rng = np.random.default_rng(0)
   images = [rng.random((13, 17, 3)).astype(np.float32), rng.random((20, 9, 3)).astype(np.float32)]
