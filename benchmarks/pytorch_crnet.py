@@ -188,11 +188,15 @@ class LayerAttention(nn.Module):
   `F: (batch, B, C*H*W)`; `E = F F^T`; `A = softmax(rowmax(E) - E)`; `out = gamma * (A F) + F`,
   reshaped to (batch, B*C, H, W) (channel b*C + c, the same order as the flax code's
   (batch, H, W, B*C)) and fused by a 3x3 conv B*C -> C. E and the softmax are computed in float32,
-  outside autocast.
+  outside autocast. `energy='mean'` divides E by the C*H*W products it sums (the flax
+  `model.layer_attention_energy`).
   """
 
-  def __init__(self, features: int, num_layers: int):
+  def __init__(self, features: int, num_layers: int, energy: str = 'sum'):
     super().__init__()
+    if energy not in ('sum', 'mean'):
+      raise ValueError(f"model.layer_attention_energy: {energy!r} is not one of ['sum', 'mean']")
+    self.energy = energy
     self.gamma = nn.Parameter(torch.zeros(()))
     self.fuse = conv3x3(num_layers * features, features)
 
@@ -203,6 +207,8 @@ class LayerAttention(nn.Module):
     with torch.autocast(device_type=layers.device.type, enabled=False):
       flat32 = flat.float()
       energy = torch.bmm(flat32, flat32.transpose(1, 2))
+      if self.energy == 'mean':
+        energy = energy / flat.shape[-1]
       energy = energy.amax(dim=-1, keepdim=True) - energy
       attention = torch.softmax(energy, dim=-1)
     attended = torch.bmm(attention.to(flat.dtype), flat)
@@ -224,7 +230,8 @@ class LMRG(nn.Module):
 
   def __init__(self, features: int = 32, num_blocks: int = 5, activation: str = 'relu',
                memory: str = 'convlstm', skip: str = 'input', masked_conv: bool = True,
-               layer_attention: bool = True, fused_masked_conv: bool = True, channels: int = 3):
+               layer_attention: bool = True, fused_masked_conv: bool = True, channels: int = 3,
+               layer_attention_energy: str = 'sum'):
     super().__init__()
     self.features = features
     self.num_blocks = num_blocks
@@ -235,7 +242,8 @@ class LMRG(nn.Module):
     for b in range(num_blocks):
       self.add_module(f'block_{b}', MaskedResidualBlock(features, activation, masked_conv,
                                                         fused_masked_conv))
-    self.layer_attention = LayerAttention(features, num_blocks) if layer_attention else None
+    self.layer_attention = (LayerAttention(features, num_blocks, layer_attention_energy)
+                            if layer_attention else None)
     self.tail = conv_cls(features, channels, 'identity', fused_masked_conv)
 
   def forward(self, x: Tensor, y: Tensor,
@@ -266,13 +274,15 @@ class CRNet(nn.Module):
   def __init__(self, features: int = 32, num_groups: int = 4, recurrences: int = 2,
                num_blocks: int = 5, activation: str = 'relu', memory: str = 'convlstm',
                skip: str = 'input', masked_conv: bool = True, layer_attention: bool = True,
-               fused_masked_conv: bool = True, channels: int = 3):
+               fused_masked_conv: bool = True, channels: int = 3,
+               layer_attention_energy: str = 'sum'):
     super().__init__()
     self.num_groups = num_groups
     self.recurrences = recurrences
     for i in range(num_groups):
       self.add_module(f'lmrg_{i}', LMRG(features, num_blocks, activation, memory, skip,
-                                        masked_conv, layer_attention, fused_masked_conv, channels))
+                                        masked_conv, layer_attention, fused_masked_conv, channels,
+                                        layer_attention_energy))
 
   def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
     x = x.float()
@@ -304,6 +314,7 @@ def create_model(model_config: Mapping[str, Any]) -> CRNet:
       masked_conv=model_config['masked_conv'],
       layer_attention=model_config['layer_attention'],
       fused_masked_conv=model_config['fused_masked_conv'],
+      layer_attention_energy=model_config.get('layer_attention_energy', 'sum'),
   )
 
 

@@ -38,6 +38,7 @@ FORWARD_CASES = (
     (('masked_conv', False), ('memory', 'convgru'), ('activation', 'gelu')),
     (('layer_attention', False), ('memory', 'none'), ('skip', 'previous'),
      ('fused_masked_conv', False)),
+    (('layer_attention_energy', 'mean'),),
 )
 
 
@@ -54,7 +55,8 @@ def flax_forward(overrides):
 
 
 @pytest.mark.parametrize('overrides', FORWARD_CASES, ids=['crnet', 'rn_convgru_gelu',
-                                                        'mrn_nomemory_previous_unfused'])
+                                                        'mrn_nomemory_previous_unfused',
+                                                        'crnet_mean_energy'])
 def test_forward_matches_flax(overrides):
   config, params, x, final, intermediates = flax_forward(overrides)
   torch_model = pytorch_crnet.create_model(config)
