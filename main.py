@@ -16,7 +16,7 @@ expected results.
                     Sizes: demo, test.
   configs/lol.py    LOL v1 (--config.data.lol_dir=DIR), one arm (required): few, full, mcmt,
                     mcmt-, mcmt_real. Sizes: none (GPU, the paper's schedule), cpu, cpu_wide,
-                    cpu_long, test.
+                    cpu_long, cpu_mean, cpu_long_mean, test.
   configs/study.py  the label-efficiency study, one run (required): crnet100, crnet10, mcmt10-,
                     mcmt10, mcmt10_real, rn, mrn, mrn+, crnet-. Sizes: none (GPU), half, small,
                     cpu.

@@ -55,6 +55,10 @@ _LOL_CPU = {
     'num_eval_images': 0,
 }
 
+_LOL_CPU_LONG = _merged(_LOL_CPU, {'num_train_steps': 16000,
+                                   'lr_decay_epochs': (43.7, 65.6, 76.5, 82.0),
+                                   'eval_every_epochs': 5.48})
+
 # Name -> overrides: nested dicts for the `model` and `data` groups, values for the top level.
 SIZES = {
     # crnet.py and mcmt.py `demo`: CPU-sized, about 2 minutes on 2 cores.
@@ -81,12 +85,12 @@ SIZES = {
     'lol_cpu_wide': _merged(_LOL_CPU, {'model': {'features': 32}}),
     # lol.py `cpu_long`: as `lol_cpu` trained 4x longer (16,000 steps), the learning rate halved
     # at steps ~8,000, 12,000, 14,000 and 15,000 (ending at 1/16 of it), evaluation every ~1,000.
-    'lol_cpu_long': _merged(_LOL_CPU, {'num_train_steps': 16000,
-                                       'lr_decay_epochs': (43.7, 65.6, 76.5, 82.0),
-                                       'eval_every_epochs': 5.48}),
+    'lol_cpu_long': _LOL_CPU_LONG,
     # lol.py `cpu_mean`: as `lol_cpu` with the layer attention's energy as a mean over the
     # pixels instead of a sum, so that whole test images see the softmax that patches trained.
     'lol_cpu_mean': _merged(_LOL_CPU, {'model': {'layer_attention_energy': 'mean'}}),
+    # lol.py `cpu_long_mean`: `lol_cpu_long` with the energy as a mean.
+    'lol_cpu_long_mean': _merged(_LOL_CPU_LONG, {'model': {'layer_attention_energy': 'mean'}}),
     # study.py `half`: the study's schedule over 50 epochs instead of 100.
     'study_half': {
         'num_epochs': 50,

@@ -40,6 +40,8 @@ Arguments (comma-separated, `--config=configs/lol.py:few,test`): one arm and at 
     patch) gets the softmax the patches trained (docs/model.md, "The energy grows with the image
     size"; in `cpu_long` the `full` arm's whole-image PSNR fell from 21.2 to 12 dB while its
     training loss kept falling).
+  - `cpu_long_mean`: `cpu_long` with the energy as a mean (`cpu_mean`'s model, `cpu_long`'s
+    16,000 steps).
   - `test`: tiny (features 4, 2 groups x 1 recurrence x 1 block, 16x16 patches, 3 steps), for the
     tests.
 
@@ -63,7 +65,7 @@ ARMS = {
 }
 # Size argument -> its entry in common.SIZES.
 SIZE_ENTRIES = {'cpu': 'lol_cpu', 'cpu_wide': 'lol_cpu_wide', 'cpu_long': 'lol_cpu_long',
-                'cpu_mean': 'lol_cpu_mean', 'test': 'test'}
+                'cpu_mean': 'lol_cpu_mean', 'cpu_long_mean': 'lol_cpu_long_mean', 'test': 'test'}
 SIZES = tuple(SIZE_ENTRIES)
 
 
