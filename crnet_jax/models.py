@@ -83,19 +83,19 @@ class CRNetConfig:
     _check_choice('dtype', model_config.dtype, DTYPES)
     # Fields added after the first release (older configs lack them: their defaults apply).
     defaults = model_defaults.get_model_config()
-    fast = {key: model_config.get(key, defaults[key])
+    added = {key: model_config.get(key, defaults[key])
             for key in ('layer_attention_impl', 'layer_attention_energy', 'mrb_impl', 'remat',
                         'remat_policy')}
-    _check_choice('layer_attention_impl', fast['layer_attention_impl'],
+    _check_choice('layer_attention_impl', added['layer_attention_impl'],
                   layers.LAYER_ATTENTION_IMPLS)
-    _check_choice('layer_attention_energy', fast['layer_attention_energy'],
+    _check_choice('layer_attention_energy', added['layer_attention_energy'],
                   layers.LAYER_ATTENTION_ENERGIES)
-    _check_choice('mrb_impl', fast['mrb_impl'], layers.MRB_IMPLS)
-    _check_choice('remat', fast['remat'], REMAT)
-    _check_choice('remat_policy', fast['remat_policy'], REMAT_POLICIES)
-    required = [f.name for f in dataclasses.fields(cls) if f.name not in fast]
+    _check_choice('mrb_impl', added['mrb_impl'], layers.MRB_IMPLS)
+    _check_choice('remat', added['remat'], REMAT)
+    _check_choice('remat_policy', added['remat_policy'], REMAT_POLICIES)
+    required = [f.name for f in dataclasses.fields(cls) if f.name not in added]
     return cls(**{key: model_config[key] for key in required if key != 'dtype'},
-               dtype=DTYPES[model_config.dtype], **fast)
+               dtype=DTYPES[model_config.dtype], **added)
 
   def to_dict(self) -> dict[str, Any]:
     """The fields as `config.model` spells them (`dtype` by name)."""

@@ -230,7 +230,7 @@ def test_bfloat16_compute_is_close_to_float32():
 
 @pytest.mark.parametrize('key,value', [('memory', 'lstm'), ('activation', 'tanhh'),
                                         ('skip', 'none'), ('dtype', 'float16'),
-                                        ('features', 0)])
+                                        ('features', 0), ('layer_attention_energy', 'median')])
 def test_bad_model_config_names_the_key(key, value):
   config = default.get_model_config()
   config.unlock()
