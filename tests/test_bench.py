@@ -218,7 +218,7 @@ def test_performance_options_keep_outputs_and_gradients(overrides):
 
 
 @pytest.mark.parametrize('impl,energy', [('concat', 'sum'), ('reduce', 'sum'), ('stack', 'mean'),
-                                         ('concat', 'mean'), ('reduce', 'mean')])
+                                         ('concat', 'mean')])
 def test_layer_attention_impls_keep_masked_and_tiled_inference(impl, energy):
   # Whole: padded to a multiple of 8 under a pixel mask; tiled: the energy summed over tiles. With
   # 'mean' both must divide by the real pixels (21 x 30), not the padded or the tile's.

@@ -139,8 +139,12 @@ def cmd_plan(args) -> dict[str, Any]:
   for r in runs:
     _log(f"  {r['run']:>14}: {r['steps_left']:>5} of {r['steps']} steps left"
          + (f", ~{r['predicted_s'] / 60:.1f} min" if rates[_method(r['arm'])] else ''))
-  _log(f'measured steps/s {rates}; predicted {plan["predicted_minutes"]} min in all '
-       f'(evaluations included in the measured rate)')
+  unmeasured = sorted(m for m, r in rates.items() if not r)
+  if unmeasured:
+    _log(f'no step time measured for {unmeasured} (--probe_steps 0): no prediction')
+  else:
+    _log(f'measured steps/s {rates}; predicted {plan["predicted_minutes"]} min in all '
+         f'(evaluations included in the measured rate)')
   return plan
 
 
