@@ -209,8 +209,15 @@ def collect(work: str) -> dict[str, dict[int, dict[str, Any]]]:
       steps = int(json.load(f)['num_train_steps'])
     curve = study_shared.eval_curve(workdir)
     out.setdefault(arm, {})[int(seed)] = {'last': _last_test(workdir, steps), 'curve': curve,
-                                          'steps': steps}
+                                          'steps': steps, 'train_loss': _train_loss(workdir)}
   return out
+
+
+def _train_loss(workdir: str, logs: int = 5) -> float | None:
+  """The enhancement loss (1 - SSIM on the labeled patches) over the run's last `logs` logs."""
+  values = [r['enhancement'] for r in _records(workdir)
+            if r.get('split') == 'train' and 'enhancement' in r][-logs:]
+  return float(np.mean(values)) if values else None
 
 
 def summarize(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
@@ -219,6 +226,9 @@ def summarize(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
   for arm, seeds in runs.items():
     done = {s: v['last'] for s, v in seeds.items() if v['last']}
     entry = {'seeds': sorted(done), 'unfinished': sorted(set(seeds) - set(done))}
+    fits = [seeds[s]['train_loss'] for s in done if seeds[s].get('train_loss') is not None]
+    if fits:  # how well each arm fits its own labels: far below `full`'s when it memorises
+      entry['train_enhancement'] = float(np.mean(fits))
     for who in ('student', 'teacher'):
       for m in ('psnr', 'ssim'):
         vals = [r[f'{who}_{m}'] for r in done.values() if f'{who}_{m}' in r]
@@ -272,7 +282,15 @@ def cmd_report(args) -> dict[str, Any]:
         f"{f'{100 * share:.0f}%' if share is not None else '-'} | "
         f"{', '.join(f'{d:+.2f}' for d in t_diffs.values()) if t_diffs else '-'} | "
         f"{f'{100 * t_share:.0f}%' if t_share is not None else '-'} |")
+  fit_lines = ['| arm | training loss 1 - SSIM (labeled patches, last 5 logs) | '
+               'eval15 1 - SSIM (student) |', '| --- | --- | --- |']
+  for arm in [a for a in lol_configs.ARMS if a in summary['arms']]:
+    e = summary['arms'][arm]
+    if 'train_enhancement' in e and 'student_ssim' in e:
+      fit_lines.append(f"| {arm} | {e['train_enhancement']:.4f} | "
+                       f"{1 - e['student_ssim']['mean']:.4f} |")
   gap = summary['full_minus_few_mean']
+  lines += [''] + fit_lines
   text = '\n'.join(lines) + '\n\n' + (
       f"full - few (student PSNR, paired by seed): "
       f"{', '.join(f's{s}: {g:+.2f}' for s, g in summary['full_minus_few'].items())}; mean "
