@@ -38,7 +38,7 @@ Arguments (comma-separated, `--config=configs/lol.py:few,test`): one arm and at 
   - `cpu_mean`: as `cpu` with `model.layer_attention_energy='mean'`: the layer attention's energy
     divided by the pixels it sums over, so that a 300x200 test image (58x the pixels of a 32x32
     patch) gets the softmax the patches trained (docs/model.md, "The energy grows with the image
-    size"; in `cpu_long` the `full` arm's whole-image PSNR fell from 21.2 to 12 dB while its
+    size"; in `cpu_long` the `full` arm's whole-image PSNR fell from 21.2 to 13.2 dB while its
     training loss kept falling).
   - `cpu_long_mean`: `cpu_long` with the energy as a mean (`cpu_mean`'s model, `cpu_long`'s
     16,000 steps).

@@ -143,6 +143,10 @@ def _write_run(work, arm, seed, psnrs, teacher=False, steps=30):
   json.dump({'num_train_steps': steps}, open(os.path.join(workdir, 'config.json'), 'w'))
   with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
     for i, p in enumerate(psnrs):
+      # Training logs: 1 - SSIM falling to p / 1000 (the report averages the last 5 logs).
+      for j in range(3):
+        f.write(json.dumps({'step': 10 * i + 3 * j + 1, 'split': 'train',
+                            'enhancement': p / 1000 + 0.01 * (2 - j)}) + '\n')
       r = {'step': 10 * (i + 1), 'split': 'test', 'student_psnr': p, 'student_ssim': p / 100}
       if teacher:
         r.update(teacher_psnr=p + 0.5, teacher_ssim=p / 100)
@@ -170,6 +174,11 @@ def test_study_report_means_pairs_and_gap_share(tmp_path):
   assert arms['mcmt-']['seeds'] == [] and arms['mcmt-']['unfinished'] == [0]
   text = open(str(tmp_path / 'rep.md')).read()
   assert '| mcmt | 0,1 | 18.75 +- 0.35 |' in text and '+1.00, +1.50' in text
+  # How well each arm fits its labels: the last 5 training logs, then the mean over seeds.
+  few0 = np.mean([0.019 + 0.01, 0.019, 0.018 + 0.02, 0.018 + 0.01, 0.018])
+  few1 = np.mean([0.016 + 0.01, 0.016, 0.017 + 0.02, 0.017 + 0.01, 0.017])
+  assert arms['few']['train_enhancement'] == pytest.approx((few0 + few1) / 2)
+  assert f"| few | {(few0 + few1) / 2:.4f} | {1 - 0.175:.4f} |" in text
   assert Image.open(str(tmp_path / 'rep_curves.png')).size[0] > 500
 
 
@@ -186,6 +195,13 @@ def test_study_run_trains_each_seed_once(lol_dir, tmp_path):
   config = json.load(open(os.path.join(work, 'mcmt-s1', 'config.json')))
   assert config['seed'] == config['data']['seed'] == 1
   assert lol_study.main(['run', *common]) == {}
+  # The energy probe with the paper's summed energy reproduces the run's last evaluation.
+  from experiments.lol import energy_probe  # pylint: disable=g-import-not-at-top
+  records = energy_probe.main(['--workdir', os.path.join(work, 'mcmt-s1'),
+                               '--pairs', os.path.join(lol_dir, 'eval15'), '--pixels', '0,64'])
+  assert [r['reference_pixels'] for r in records] == ['sum', 64]
+  assert records[0]['step'] == 3 and records[0]['images'] == 2
+  assert records[0]['psnr'] == pytest.approx(last['student_psnr'], abs=2e-3)
 
 
 def test_enhance_with_a_release_and_without_a_model(lol_dir, tmp_path):
