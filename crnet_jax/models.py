@@ -84,8 +84,8 @@ class CRNetConfig:
     # Fields added after the first release (older configs lack them: their defaults apply).
     defaults = model_defaults.get_model_config()
     added = {key: model_config.get(key, defaults[key])
-            for key in ('layer_attention_impl', 'layer_attention_energy', 'mrb_impl', 'remat',
-                        'remat_policy')}
+             for key in ('layer_attention_impl', 'layer_attention_energy', 'mrb_impl', 'remat',
+                         'remat_policy')}
     _check_choice('layer_attention_impl', added['layer_attention_impl'],
                   layers.LAYER_ATTENTION_IMPLS)
     _check_choice('layer_attention_energy', added['layer_attention_energy'],

@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from crnet_jax import checkpointing  # pylint: disable=g-import-not-at-top,wrong-import-position
 from crnet_jax import image_io  # pylint: disable=g-import-not-at-top,wrong-import-position
 from crnet_jax import layers  # pylint: disable=g-import-not-at-top,wrong-import-position
+from crnet_jax import losses  # pylint: disable=g-import-not-at-top,wrong-import-position
 from crnet_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -60,9 +61,9 @@ def main(argv=None) -> list[dict]:
   try:
     for reference in (int(p) for p in args.pixels.split(',')):
       layers.scale_energy = paper_scale if reference == 0 else rescaled(reference)
+      # A fresh jit per scale: the stand-in is read when the function is traced.
       enhance = jax.jit(lambda p, x: models.enhance(model, p, x))
-      psnrs = [float(10 * np.log10(1.0 / np.mean(
-          (np.asarray(enhance(variables['params'], low[None]))[0] - high) ** 2)))
+      psnrs = [float(losses.psnr(enhance(variables['params'], low[None])[0], high))
                for low, high in pairs]
       record = {'workdir': os.path.relpath(args.workdir), 'which': args.which, 'step': step,
                 'reference_pixels': reference or 'sum', 'images': len(pairs),

@@ -208,8 +208,9 @@ def collect(work: str) -> dict[str, dict[int, dict[str, Any]]]:
     with open(config_path) as f:
       steps = int(json.load(f)['num_train_steps'])
     curve = study_shared.eval_curve(workdir)
-    out.setdefault(arm, {})[int(seed)] = {'last': _last_test(workdir, steps), 'curve': curve,
-                                          'steps': steps, 'train_loss': _train_loss(workdir)}
+    last = next((r for r in curve if int(r['step']) == steps), None)  # as `_last_test`
+    out.setdefault(arm, {})[int(seed)] = {'last': last, 'curve': curve, 'steps': steps,
+                                          'train_loss': _train_loss(workdir)}
   return out
 
 
