@@ -21,12 +21,13 @@ Kernels (each a `pallas_call` over tiles of `tile = (TH, TW)` pixels of one imag
   `_mc2` the residual) as the epilogue: the 2C pre-activations never leave the kernel.
 - backward (`jax.custom_vjp`; the residuals are x, z and the mask, nothing else is saved), 3
   kernels: `_bwd_mc2` recomputes MC2's pre-activations from z and writes `dA2 = d(pre-activation
-  of MC2)` (feature and mask halves) and MC2's weight and bias gradients; `_bwd_mc1` computes
-  `dz = conv^T(dA2, K2)`, recomputes MC1's pre-activations from x and writes `dA1` and MC1's
-  weight and bias gradients; `_bwd_input` writes `dx = dout + conv^T(dA1, K1)`. The two weight
-  gradient kernels run one program per (image, row of tiles) that loops over the tiles of its
-  row and accumulates `sum_p tap_t(p)^T dA(p)` for the 9 taps in float32, writing one partial sum
-  per program (summed by XLA: a few KiB each).
+  of MC2)` (feature and mask halves); `_bwd_mc1` computes `dz = conv^T(dA2, K2)`, recomputes
+  MC1's pre-activations from x and writes `dA1`; `_bwd_input` writes `dx = dout +
+  conv^T(dA1, K1)`. The weight and bias gradients are XLA's: per MC one weight-gradient
+  convolution of its input (x or z) with both halves of dA (cuDNN's on a GPU) and a sum of dA.
+  (Accumulating them inside the kernels instead, 9 taps x 2 halves of float32 C x C sums per
+  program, needs 2-5x the 227 KiB of shared memory a Hopper block may have, at 8 x 16 tiles;
+  compiled for an H100 with `benchmarks/hlo_counts.py --target=h100`.)
 
 Tiling and halo: a program's 3x3 taps read the input at its tile shifted by -1..1 pixels, i.e.
 the tile with a 1-pixel halo, as 9 gathers of (TH*TW, C) from the whole array with the pixel
@@ -45,19 +46,19 @@ Expected GPU benefit, per block and per pixel, in C-channel activation reads/wri
 | XLA forward | 4 | ~13 | conv -> 2C, gate fusion 2C -> C, conv -> 2C, gate + mask + residual fusion |
 | Pallas forward | 2 | 5 | x -> z (2), z + x -> out (3) |
 | XLA backward | ~8 | ~24 | per MC: gate-gradient fusion, input-gradient conv, weight-gradient conv |
-| Pallas backward | 3 (+ small sums) | 13 | z + dout -> dA2 (4), dA2 + x -> dA1 (5), dA1 + dout -> dx (4) |
+| Pallas backward | 3 + 2 weight-gradient convs | 19 | z + dout -> dA2 (4), dA2 + x -> dA1 (5), dA1 + dout -> dx (4); x + dA1, z + dA2 -> dK (6) |
 
-so about 2.5x fewer bytes for the forward pass and 1.8x for the backward pass, for 1.5x the
+so about 2.5x fewer bytes for the forward pass and 1.3x for the backward pass, for 1.5x the
 block's FLOPs in the backward pass (6 convolutions instead of 4: both MCs' pre-activations are
 recomputed instead of saved). The blocks are 60% of CRNet's FLOPs and about half of its bytes,
 hence the prediction in `benchmarks/README.md` (a prediction: nothing here has run on a GPU yet).
-The kernels are not tuned: the tile size (`tile`), the Triton warps and the register pressure of
-the weight-gradient accumulators (9 x C x C float32 per half) are still to be measured.
+The kernels are not tuned: the tile size (`tile`) and the Triton warps are still to be measured.
 
 Backends: on a GPU the kernels are lowered with Pallas's Triton backend (`interpret=False`),
 which needs C and TH*TW to be powers of two and at least 16 (the default 32 channels and 8x16
-tiles are); the tests check that every kernel lowers for Triton, but not that it compiles or
-runs there. On any other backend (CPU, TPU) they run in Pallas's interpreter (`interpret=True`),
+tiles are); the tests check that every kernel lowers for Triton, and `benchmarks/hlo_counts.py
+--target=h100` compiles them for an H100 without one (they fit its shared memory and registers),
+but nothing has run on a GPU yet. On any other backend (CPU, TPU) they run in Pallas's interpreter (`interpret=True`),
 which is how the tests check their numbers: correct, but slow (for tests and small runs only).
 XLA does not partition the kernels' custom calls over devices: for data-parallel training on
 several GPUs they would need `shard_map` (not done here), or use the `xla` path.
@@ -77,9 +78,6 @@ Array = jax.Array
 Dtype = Any
 
 DEFAULT_TILE = (8, 16)  # rows x columns of pixels per program: 128 rows of each matmul
-# Warps of the two weight-gradient kernels on a GPU: their 18 float32 C x C accumulators
-# (18,432 values at C = 32) need about 72 registers per thread over 8 warps (a guess, unmeasured).
-WEIGHT_GRAD_WARPS = 8
 # The 3x3 taps (dy, dx), in the order of the kernel's first two axes.
 TAPS = tuple((dy, dx) for dy in range(3) for dx in range(3))
 PARAM_NAMES = ('feature_kernel', 'mask_kernel', 'feature_bias', 'mask_bias')
@@ -113,6 +111,15 @@ class _Geometry:
     return pl.cdiv(self.w, self.tw)
 
 
+def default_interpret() -> bool:
+  """Whether the kernels run in Pallas's interpreter when not told: unless the backend is a GPU.
+
+  A tool that compiles for a GPU on a host without one (`benchmarks/hlo_counts.py --target`)
+  replaces this function, so that the kernels are lowered for the GPU, not interpreted.
+  """
+  return jax.default_backend() != 'gpu'
+
+
 def masked_residual_block(x: Array, mc1: dict[str, Array], mc2: dict[str, Array],
                           mask: Array | None = None, *,
                           activation: Callable[[Array], Array] = jax.nn.relu,
@@ -128,13 +135,13 @@ def masked_residual_block(x: Array, mc1: dict[str, Array], mc2: dict[str, Array]
     activation: of the feature convolutions.
     dtype: the compute dtype.
     tile: (rows, columns) of pixels per program, default `DEFAULT_TILE`.
-    interpret: run the kernels in Pallas's interpreter; default: unless the backend is a GPU.
+    interpret: run the kernels in Pallas's interpreter; default: `default_interpret()`.
   Returns:
     (batch, H, W, C) in the wider of `x.dtype` and `dtype`. Differentiable (`jax.custom_vjp`,
     the backward pass is Pallas kernels too) wrt `x` and the parameters; not wrt `mask`.
   """
   if interpret is None:
-    interpret = jax.default_backend() != 'gpu'
+    interpret = default_interpret()
   tile = tuple(int(t) for t in (tile or DEFAULT_TILE))
   channels = x.shape[-1]
   for name, p in (('mc1', mc1), ('mc2', mc2)):
@@ -209,12 +216,10 @@ def _gate_grads(static: _Static, f: Array, g: Array, d_out: Array) -> tuple[Arra
   return d_out * s * d_act, d_out * act * s * (1.0 - s)
 
 
-def _store_tile(ref, value: Array, real: Array, geo: _Geometry, j=None) -> None:
-  """Stores a tile's (TH*TW, C) values: into a (1, TH, TW, C) block, or at tile column `j` of a
-  (1, TH, W, C) block; pixels outside the image are masked off."""
+def _store_tile(ref, value: Array, real: Array, geo: _Geometry) -> None:
+  """Stores a tile's (TH*TW, C) values into its (1, TH, TW, C) block; pixels outside the image
+  are masked off."""
   shape = (1, geo.th, geo.tw, value.shape[-1])
-  if j is not None:
-    ref = ref.at[:, :, pl.ds(j * geo.tw, geo.tw), :]
   pltriton.store(ref, value.reshape(shape).astype(ref.dtype),
                  mask=jnp.broadcast_to(real.reshape(shape[:3] + (1,)), shape))
 
@@ -252,80 +257,34 @@ def _mc2_kernel(static, geo, has_mask, z_ref, x_ref, *refs):
   _store_tile(o_ref, _gather(x_ref, n, rows, cols, geo).astype(jnp.float32) + y, real, geo)
 
 
-def _weight_grads(taps: Sequence[Array], d: Array, dtype) -> list[Array]:
-  """`tap_t^T @ d` for the 9 taps, float32 (C, C) each: one tile's share of dK."""
-  d = d.astype(dtype)
-  return [jax.lax.dot_general(t, d, (((0,), (0,)), ((), ())),
-                              preferred_element_type=jnp.float32) for t in taps]
-
-
-def _accumulate(carry, taps, df, dg, dtype):
-  """Adds one tile's kernel and bias gradients (feature and mask halves) to the running sums."""
-  dkf, dkg, dbf, dbg = carry
-  dkf = [a + b for a, b in zip(dkf, _weight_grads(taps, df, dtype))]
-  dkg = [a + b for a, b in zip(dkg, _weight_grads(taps, dg, dtype))]
-  # The biases' gradients sum the same (rounded) values as the kernels'.
-  dbf = dbf + jnp.sum(df.astype(dtype).astype(jnp.float32), axis=0, keepdims=True)
-  dbg = dbg + jnp.sum(dg.astype(dtype).astype(jnp.float32), axis=0, keepdims=True)
-  return dkf, dkg, dbf, dbg
-
-
-def _zero_sums(c: int):
-  zeros = lambda *s: jnp.zeros(s, jnp.float32)
-  return [zeros(c, c) for _ in TAPS], [zeros(c, c) for _ in TAPS], zeros(1, c), zeros(1, c)
-
-
-def _write_sums(sums, dkf_ref, dkg_ref, dbf_ref, dbg_ref) -> None:
-  dkf, dkg, dbf, dbg = sums
-  for t in range(len(TAPS)):
-    dkf_ref[0, 0, t] = dkf[t]
-    dkg_ref[0, 0, t] = dkg[t]
-  dbf_ref[0, 0] = dbf
-  dbg_ref[0, 0] = dbg
-
-
 def _bwd_mc2_kernel(static, geo, has_mask, z_ref, dout_ref, *refs):
-  """dA2 = d(MC2's pre-activations) and MC2's weight and bias gradients, for a row of tiles."""
-  m_ref, refs = (refs[0], refs[1:]) if has_mask else (None, refs)
-  kf, kg, bf, bg, daf_ref, dag_ref, *sum_refs = refs
-  n, i = pl.program_id(0), pl.program_id(1)
-
-  def tile(j, sums):
-    rows, cols, real = _tile_pixels(geo, i, j)
-    taps = _conv_taps(z_ref, n, rows, cols, geo, static.dtype)
-    f, g = _gates(taps, kf, kg, bf, bg)
-    d = _gather(dout_ref, n, rows, cols, geo).astype(jnp.float32)
-    if has_mask:
-      d = d * _gather(m_ref, n, rows, cols, geo)
-    df, dg = _gate_grads(static, f, g, d)
-    _store_tile(daf_ref, df, real, geo, j)
-    _store_tile(dag_ref, dg, real, geo, j)
-    return _accumulate(sums, taps, df, dg, static.dtype)
-
-  _write_sums(jax.lax.fori_loop(0, geo.cols, tile, _zero_sums(geo.c)), *sum_refs)
+  """dA2 = d(MC2's pre-activations), feature and mask halves, on one tile."""
+  m_ref, (kf, kg, bf, bg, daf_ref, dag_ref) = (refs[0], refs[1:]) if has_mask else (None, refs)
+  n, i, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+  rows, cols, real = _tile_pixels(geo, i, j)
+  f, g = _gates(_conv_taps(z_ref, n, rows, cols, geo, static.dtype), kf, kg, bf, bg)
+  d = _gather(dout_ref, n, rows, cols, geo).astype(jnp.float32)
+  if has_mask:
+    d = d * _gather(m_ref, n, rows, cols, geo)
+  df, dg = _gate_grads(static, f, g, d)
+  _store_tile(daf_ref, df, real, geo)
+  _store_tile(dag_ref, dg, real, geo)
 
 
 def _bwd_mc1_kernel(static, geo, has_mask, daf2_ref, dag2_ref, x_ref, *refs):
-  """dz = conv^T(dA2, K2), then dA1 and MC1's weight and bias gradients, for a row of tiles."""
+  """dz = conv^T(dA2, K2), then dA1 = d(MC1's pre-activations), on one tile."""
   m_ref, refs = (refs[0], refs[1:]) if has_mask else (None, refs)
-  kf2t, kg2t, kf, kg, bf, bg, daf_ref, dag_ref, *sum_refs = refs
-  n, i = pl.program_id(0), pl.program_id(1)
-
-  def tile(j, sums):
-    rows, cols, real = _tile_pixels(geo, i, j)
-    dz = (_conv(_conv_taps(daf2_ref, n, rows, cols, geo, static.dtype), kf2t)
-          + _conv(_conv_taps(dag2_ref, n, rows, cols, geo, static.dtype), kg2t))
-    if has_mask:
-      dz = dz * _gather(m_ref, n, rows, cols, geo)
-    dz = jnp.where(real, dz, 0.0)  # no gradient reaches the pixels beyond the image
-    taps = _conv_taps(x_ref, n, rows, cols, geo, static.dtype)
-    f, g = _gates(taps, kf, kg, bf, bg)
-    df, dg = _gate_grads(static, f, g, dz)
-    _store_tile(daf_ref, df, real, geo, j)
-    _store_tile(dag_ref, dg, real, geo, j)
-    return _accumulate(sums, taps, df, dg, static.dtype)
-
-  _write_sums(jax.lax.fori_loop(0, geo.cols, tile, _zero_sums(geo.c)), *sum_refs)
+  kf2t, kg2t, kf, kg, bf, bg, daf_ref, dag_ref = refs
+  n, i, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+  rows, cols, real = _tile_pixels(geo, i, j)
+  dz = (_conv(_conv_taps(daf2_ref, n, rows, cols, geo, static.dtype), kf2t)
+        + _conv(_conv_taps(dag2_ref, n, rows, cols, geo, static.dtype), kg2t))
+  if has_mask:
+    dz = dz * _gather(m_ref, n, rows, cols, geo)
+  f, g = _gates(_conv_taps(x_ref, n, rows, cols, geo, static.dtype), kf, kg, bf, bg)
+  df, dg = _gate_grads(static, f, g, dz)
+  _store_tile(daf_ref, df, real, geo)
+  _store_tile(dag_ref, dg, real, geo)
 
 
 def _bwd_input_kernel(static, geo, daf1_ref, dag1_ref, dout_ref, kf1t, kg1t, dx_ref):
@@ -347,9 +306,9 @@ def _whole(a: Array) -> pl.BlockSpec:
   return pl.BlockSpec(a.shape, lambda *_: (0,) * a.ndim)
 
 
-def _call(kernel, static: _Static, grid, inputs, out_specs, out_shape, name, num_warps=4):
-  """`pallas_call` of `kernel` with every input whole; `num_warps`: of each Triton program."""
-  params = None if static.interpret else pltriton.CompilerParams(num_warps=num_warps)
+def _call(kernel, static: _Static, grid, inputs, out_specs, out_shape, name):
+  """`pallas_call` of `kernel` with every input whole (4 warps per Triton program)."""
+  params = None if static.interpret else pltriton.CompilerParams(num_warps=4)
   return pl.pallas_call(
       kernel, out_shape=out_shape, grid=grid, in_specs=[_whole(a) for a in inputs],
       out_specs=out_specs, interpret=static.interpret, name=name,
@@ -358,19 +317,6 @@ def _call(kernel, static: _Static, grid, inputs, out_specs, out_shape, name, num
 
 def _tile_spec(geo: _Geometry, c: int) -> pl.BlockSpec:
   return pl.BlockSpec((1, geo.th, geo.tw, c), lambda n, i, j: (n, i, j, 0))
-
-
-def _row_spec(geo: _Geometry, c: int) -> pl.BlockSpec:
-  return pl.BlockSpec((1, geo.th, geo.w, c), lambda n, i: (n, i, 0, 0))
-
-
-def _sum_specs(geo: _Geometry) -> tuple[list[pl.BlockSpec], list[jax.ShapeDtypeStruct]]:
-  c, taps = geo.c, len(TAPS)
-  specs = [pl.BlockSpec((1, 1, taps, c, c), lambda n, i: (n, i, 0, 0, 0))] * 2 + [
-      pl.BlockSpec((1, 1, 1, c), lambda n, i: (n, i, 0, 0))] * 2
-  shapes = [jax.ShapeDtypeStruct((geo.n, geo.rows, taps, c, c), jnp.float32)] * 2 + [
-      jax.ShapeDtypeStruct((geo.n, geo.rows, 1, c), jnp.float32)] * 2
-  return specs, shapes
 
 
 def _geometry(static: _Static, x: Array) -> _Geometry:
@@ -407,38 +353,47 @@ def _mrb_fwd(static, x, mask, params):
   return out, (x, mask, z, params)
 
 
+def _param_grads(v: Array, daf: Array, dag: Array, dtype) -> tuple[Array, ...]:
+  """One MC's kernel and bias gradients (feature, mask) from its input `v` and `dA`, by XLA.
+
+  `sum_p tap_t(p)^T dA(p)` for the 9 taps is the weight gradient of the 3x3 convolution: one
+  weight-gradient convolution of both halves (2C outputs, as the plain path's fused MC), taking
+  `v` and `dA` in the compute dtype and accumulating in float32.
+  """
+  d = jnp.concatenate([daf, dag], axis=-1).astype(dtype)
+  conv = lambda k: jax.lax.conv_general_dilated(
+      v.astype(dtype), k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      preferred_element_type=jnp.float32).astype(dtype)
+  kernel_shape = (3, 3, v.shape[-1], d.shape[-1])
+  dk = jax.vjp(conv, jnp.zeros(kernel_shape, dtype))[1](d)[0]
+  db = jnp.sum(d.astype(jnp.float32), axis=(0, 1, 2)).astype(dtype)
+  c = daf.shape[-1]
+  return dk[..., :c], dk[..., c:], db[:c], db[c:]
+
+
 def _mrb_bwd(static, residuals, d_out):
-  """The block's backward pass: 3 kernels (see the module docstring)."""
+  """The block's backward pass: 3 kernels and XLA's weight gradients (module docstring)."""
   x, mask, z, params = residuals
   geo = _geometry(static, x)
   masks = [] if mask is None else [mask]
   has_mask = mask is not None
-  rows_grid = (geo.n, geo.rows)
-  sum_specs, sum_shapes = _sum_specs(geo)
-  da_shape = jax.ShapeDtypeStruct(x.shape, static.dtype)
-  row_specs = [_row_spec(geo, geo.c)] * 2
+  grid = (geo.n, geo.rows, geo.cols)
+  da_specs = [_tile_spec(geo, geo.c)] * 2
+  da_shapes = [jax.ShapeDtypeStruct(x.shape, static.dtype)] * 2
   kf1, kg1, bf1, bg1 = _mc_params(params, 0)
   kf2, kg2, bf2, bg2 = _mc_params(params, 1)
-  daf2, dag2, *sums2 = _call(
-      functools.partial(_bwd_mc2_kernel, static, geo, has_mask), static, rows_grid,
-      [z, d_out, *masks, kf2, kg2, bf2, bg2], row_specs + sum_specs,
-      [da_shape] * 2 + sum_shapes, 'mrb_bwd_mc2', WEIGHT_GRAD_WARPS)
-  daf1, dag1, *sums1 = _call(
-      functools.partial(_bwd_mc1_kernel, static, geo, has_mask), static, rows_grid,
-      [daf2, dag2, x, *masks, _flip(kf2), _flip(kg2), kf1, kg1, bf1, bg1],
-      row_specs + sum_specs, [da_shape] * 2 + sum_shapes, 'mrb_bwd_mc1', WEIGHT_GRAD_WARPS)
-  dx = _call(functools.partial(_bwd_input_kernel, static, geo), static,
-             (geo.n, geo.rows, geo.cols), [daf1, dag1, d_out, _flip(kf1), _flip(kg1)],
+  daf2, dag2 = _call(functools.partial(_bwd_mc2_kernel, static, geo, has_mask), static, grid,
+                     [z, d_out, *masks, kf2, kg2, bf2, bg2], da_specs, da_shapes,
+                     'mrb_bwd_mc2')
+  daf1, dag1 = _call(functools.partial(_bwd_mc1_kernel, static, geo, has_mask), static, grid,
+                     [daf2, dag2, x, *masks, _flip(kf2), _flip(kg2), kf1, kg1, bf1, bg1],
+                     da_specs, da_shapes, 'mrb_bwd_mc1')
+  dx = _call(functools.partial(_bwd_input_kernel, static, geo), static, grid,
+             [daf1, dag1, d_out, _flip(kf1), _flip(kg1)],
              _tile_spec(geo, geo.c), jax.ShapeDtypeStruct(x.shape, x.dtype), 'mrb_bwd_input')
-
-  def param_grads(sums):
-    dkf, dkg, dbf, dbg = (jnp.sum(s, axis=(0, 1)) for s in sums)
-    kernel = lambda dk: dk.reshape(3, 3, geo.c, geo.c).astype(static.dtype)
-    return (kernel(dkf), kernel(dkg), dbf.reshape(-1).astype(static.dtype),
-            dbg.reshape(-1).astype(static.dtype))
-
   d_mask = None if mask is None else jnp.zeros_like(mask)
-  return dx, d_mask, (*param_grads(sums1), *param_grads(sums2))
+  return dx, d_mask, (*_param_grads(x, daf1, dag1, static.dtype),
+                      *_param_grads(z, daf2, dag2, static.dtype))
 
 
 _mrb.defvjp(_mrb_fwd, _mrb_bwd)

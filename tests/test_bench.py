@@ -309,3 +309,39 @@ def test_hlo_counts_enter_loops_but_not_fusions():
   counts = hlo_counts.count_ops(hlo)
   assert counts['fusions'] >= 2, counts  # the loop body's ops (the entry holds none)
   assert hlo_counts.dots_anywhere(hlo) == 1
+
+
+# Operations of a supervised step compiled for an H100 (`hlo_counts.py --target=h100`), shortened.
+_GPU_HLO = '''HloModule jit_step
+
+ENTRY %main (p: bf16[16,128,128,32]) -> f32[] {
+  %p = bf16[16,128,128,32]{3,2,1,0} parameter(0)
+  %cudnn-conv-bias-activation.336 = (bf16[16,128,128,64]{3,2,1,0}, u8[0]{0}) custom-call(%a, %b, %c), custom_call_target="__cudnn$convBiasActivationForward"
+  %cudnn-conv-bw-filter.222 = (bf16[6,3,3,32]{3,2,1,0}, u8[0]{0}) custom-call(%a, %b), custom_call_target="__cudnn$convBackwardFilter"
+  %cudnn-conv-bw-input.111 = (bf16[16,128,128,32]{3,2,1,0}, u8[0]{0}) custom-call(%a, %b), custom_call_target="__cudnn$convBackwardInput"
+  %gemm_fusion_dot.8 = f32[16,64,5,5]{3,2,1,0} fusion(%a, %a), kind=kCustom, calls=%g, backend_config={"fusion_backend_config":{"kind":"__triton_nested_gemm_fusion"}}
+  %fusion.3438 = f32[16,5,5]{2,1,0} fusion(%a), kind=kCustom, calls=%s, backend_config={"fusion_backend_config":{"kind":"__triton","block_level_fusion_config":{}}}
+  %input_reduce_fusion = (f32[512]{0}, f32[512]{0}) fusion(%a, %b), kind=kInput, calls=%fused_reduce
+  %input_transpose_fusion.48 = bf16[64,3,3,6]{3,2,1,0} fusion(%a, %b), kind=kInput, calls=%t
+  %input_concatenate_fusion.160 = bf16[6]{0} fusion(%a, %b), kind=kInput, calls=%c
+  %loop_add_fusion.76 = f32[] fusion(%a), kind=kLoop, calls=%fused_add.76
+  %copy.2183 = s32[] copy(%a)
+  ROOT %tuple = (f32[]) tuple(%loop_add_fusion.76)
+}
+'''
+
+
+def test_kernel_kinds_of_a_gpu_module():
+  counts = hlo_counts.count_ops(_GPU_HLO)
+  assert counts['kinds'] == {
+      'conv_fprop': 1, 'conv_wgrad': 1, 'conv_dgrad': 1, 'gemm': 1, 'triton_fusion': 1,
+      'reduction': 1, 'transpose': 1, 'concatenate': 1, 'elementwise': 1, 'copy': 1}
+  assert (counts['ops'], counts['custom_calls'], counts['fusions'], counts['copies']) == (10, 3, 6, 1)
+
+
+def test_gpu_target_without_its_compiler_is_one_line():
+  """Without the CUDA plugin (as here), `--target=h100` ends in one line naming the flag."""
+  with pytest.raises(SystemExit, match=r'^error: --target=h100: no CUDA compiler'):
+    hlo_counts.target_devices('h100')
+  with pytest.raises(SystemExit, match='unknown'):
+    hlo_counts.target_devices('a100')
