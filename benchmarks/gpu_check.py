@@ -56,6 +56,9 @@ OPTIONS = {
     'mrb_impl=pallas': ['--config.model.mrb_impl=pallas'],
     'remat=lmrg': ['--config.model.remat=lmrg'],
     'command_buffer=off': ['xla:xla_gpu_enable_command_buffer='],
+    # No autotuning of convolutions and GEMMs: a faster compile (cold start) for the heuristics'
+    # kernels; compare its `on_compile_s` and speed-up with the defaults'.
+    'autotune=off': ['xla:xla_gpu_autotune_level=0'],
 }
 
 # figure -> (goal comparison, goal value, unit, what)
@@ -464,11 +467,14 @@ def render(summary: dict[str, Any]) -> str:
   lines += ['', 'other figures:']
   lines += [f'  {k}: {v:.3g}' for k, v in summary['extra'].items() if v is not None]
   if summary['options']:
-    lines += ['', f"{'option (on vs off)':<40} {'MCMT':>8} {'supervised':>11}"]
+    lines += ['', f"{'option (on vs off)':<40} {'MCMT':>8} {'supervised':>11} "
+                  f"{'compile (on, MCMT)':>19}"]
     for name, o in summary['options'].items():
       fmt = lambda x: '-' if x is None else f'{x:.2f}x'
+      compile_s = o['mcmt']['on_compile_s']
       lines.append(f"{name:<40} {fmt(o['mcmt']['speedup']):>8} "
-                   f"{fmt(o['supervised']['speedup']):>11}")
+                   f"{fmt(o['supervised']['speedup']):>11} "
+                   f"{'-' if compile_s is None else f'{compile_s:.1f} s':>19}")
   lines += ['', 'stages:']
   for name, st in summary['stages'].items():
     lines.append(f"  {name}: {st['status']}" + (f", {st['seconds']} s" if 'seconds' in st else

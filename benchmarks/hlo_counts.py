@@ -90,6 +90,7 @@ _BRANCHES = re.compile(r'branch_computations=\{([^}]*)\}')
 _TARGET = re.compile(r'custom_call_target="([^"]*)"')
 _FUSION_KIND = re.compile(r'kind=(k\w+)')
 _BACKEND_KIND = re.compile(r'"fusion_backend_config":\{"kind":"([^"]*)"')
+_COMMENT = re.compile(r'/\*.*?\*/')
 _SKIPPED = ('parameter', 'constant', 'get-tuple-element', 'tuple', 'bitcast')
 _CONTROL = ('while', 'conditional', 'call')
 
@@ -127,7 +128,7 @@ def top_level_ops(hlo: str) -> list[tuple[str, str]]:
       continue
     seen.add(name)
     for line in blocks[name]:
-      m = _OPCODE.match(line)
+      m = _OPCODE.match(_COMMENT.sub('', line))  # tuple shapes hold `/*index=5*/` comments
       if not m or m.group(1) in _SKIPPED:
         continue
       ops.append((m.group(1), line))

@@ -308,7 +308,18 @@ def test_hlo_counts_enter_loops_but_not_fusions():
   hlo = jax.jit(step).lower(jnp.ones((64, 64)), jnp.ones((64, 64))).compile().as_text()
   counts = hlo_counts.count_ops(hlo)
   assert counts['fusions'] >= 2, counts  # the loop body's ops (the entry holds none)
+  assert counts['loops'] == 1
   assert hlo_counts.dots_anywhere(hlo) == 1
+
+
+def test_hlo_counts_read_ops_with_long_tuple_shapes():
+  """A loop whose carry has 6+ parts: its shape holds `/*index=5*/`, and it still counts."""
+  def step(*arrays):
+    body = lambda i, c: tuple(jnp.tanh(a * (k + 1)) for k, a in enumerate(c))
+    return jax.lax.fori_loop(0, 7, body, arrays)
+  hlo = jax.jit(step).lower(*[jnp.ones((8, 8))] * 7).compile().as_text()
+  assert '/*index=5*/' in hlo
+  assert hlo_counts.count_ops(hlo)['loops'] == 1
 
 
 # Operations of a supervised step compiled for an H100 (`hlo_counts.py --target=h100`), shortened.
