@@ -27,16 +27,21 @@ fuses differently, and Pallas kernels run in its interpreter there):
 
   python benchmarks/hlo_counts.py --config=configs/crnet.py:demo --batch=4 --patch=32
 
-One JSON line per case and option: `ops` (top-level operations), `fusions`, `dots` (matrix
-products), `convolutions`, `custom_calls` (cuDNN, cuBLAS, Triton kernels on a GPU), `copies`
-(copies and transposes), `kinds`, `dots_anywhere`, `temp_bytes` / `argument_bytes` /
-`output_bytes` / `alias_bytes` and `compile_s`.
+One JSON line per case and option: `ops` (top-level operations, a loop body's once),
+`fusions`, `dots` (matrix products), `convolutions`, `custom_calls` (cuDNN, cuBLAS, Triton
+kernels on a GPU), `copies` (copies and transposes), `loops`, `kinds` (the operations by kernel
+kind), `kernels_run` (per call: loop bodies times their trip counts), `bytes` and
+`bytes_by_kind` (what the kernels run read and write, estimated from their operands' and
+results' shapes: `top_level_ops`), `dots_anywhere`, `temp_bytes` / `argument_bytes` /
+`output_bytes` / `alias_bytes` (`memory_analysis()`) and `compile_s`.
+`benchmarks/predict_gpu.py` turns the bytes into predicted step times.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import math
 import os
 import re
 import sys
@@ -82,7 +87,12 @@ OPTIONS = {
     'mrb_impl=pallas': {'mrb_impl': 'pallas'},
 }
 
-_OPCODE = re.compile(r'^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*[^=]*?\s([a-z][\w\-]*)\(')
+_INSTRUCTION = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s([a-z][\w\-]*)\((.*)$')
+_FUSED = re.compile(r'calls=%?([\w.\-]+)')
+_TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+_OPERAND = re.compile(r'%([\w.\-]+)')
+_ARRAY = re.compile(r'\b(pred|bf16|[suf]\d+|f8\w*)\[([\d,]*)\]')
+_DTYPE_BYTES = {'pred': 1, 'bf16': 2}
 _NAME = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=')
 _COMPUTATION = re.compile(r'^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$')
 _CALLS = re.compile(r'(?:body|condition|to_apply)=%?([\w.\-]+)')
@@ -114,29 +124,87 @@ def _computations(hlo: str) -> tuple[dict[str, list[str]], str]:
   return blocks, entry
 
 
-def top_level_ops(hlo: str) -> list[tuple[str, str]]:
-  """(opcode, line) of every operation of the entry computation and of the loops and
-  conditionals it runs, once per computation (a loop body counts once, not per iteration).
+def _arrays(shape: str) -> list[tuple[int, int]]:
+  """(elements, bytes per element) of each array an HLO shape (an array or a tuple) spells."""
+  return [(math.prod(int(d) for d in dims.split(',') if d),
+           _DTYPE_BYTES.get(dtype, int(re.sub(r'\D', '', dtype) or 32) // 8))
+          for dtype, dims in _ARRAY.findall(shape)]
+
+
+def top_level_ops(hlo: str) -> list[tuple[str, str, int, int]]:
+  """(opcode, line, bytes, runs) of every operation of the entry computation and of the loops
+  and conditionals it runs: listed once, `runs` times per call of the module (the product of the
+  trip counts of the loops around it that XLA knows, else 1).
 
   Fused computations are not entered: a fusion counts once, however many ops it holds.
+  `bytes`: its results' and operands' sizes, what a kernel reading each operand once and
+  writing its results moves; an elementwise (loop) fusion reads at most one element of an
+  operand per element of its result (so an operand it slices counts for the slice), a fusion
+  whose root concatenates reads one element per element of its result, and one whose root
+  updates a slice of its first operand in place reads and writes that slice. An
+  estimate: kernels may read less (broadcasts) or more (re-reads through the caches).
   """
   blocks, entry = _computations(hlo)
-  ops, seen, todo = [], set(), [entry]
+  ops, seen, todo = [], set(), [(entry, 1)]
   while todo:
-    name = todo.pop()
+    name, runs = todo.pop()
     if name in seen or name not in blocks:
       continue
     seen.add(name)
+    arrays = {}
     for line in blocks[name]:
-      m = _OPCODE.match(_COMMENT.sub('', line))  # tuple shapes hold `/*index=5*/` comments
-      if not m or m.group(1) in _SKIPPED:
+      m = _INSTRUCTION.match(_COMMENT.sub('', line))  # tuple shapes hold `/*index=5*/` comments
+      if not m:
         continue
-      ops.append((m.group(1), line))
-      if m.group(1) in _CONTROL:
-        todo.extend(_CALLS.findall(line))
+      result, shape, opcode, rest = m.groups()
+      arrays[result] = _arrays(shape)
+      if opcode in _SKIPPED:
+        continue
+      operands = _OPERAND.findall(rest.split('), ')[0])
+      update = _in_place_update(blocks, rest) if opcode == 'fusion' else None
+      if update is not None:  # writes a part of its (aliased) first operand in place
+        moved = 2 * update + sum(n * b for o in operands[1:] for n, b in arrays.get(o, ()))
+      elif opcode == 'fusion' and _fused_root(blocks, rest)[0] == 'concatenate':
+        moved = 2 * sum(n * b for n, b in arrays[result])  # each result element read once
+      else:
+        elements = max((n for n, _ in arrays[result]), default=0)
+        loop = opcode == 'fusion' and 'kind=kLoop' in rest
+        moved = sum(n * b for n, b in arrays[result])
+        for operand in operands:
+          moved += sum(min(n, elements) * b if loop else n * b
+                       for n, b in arrays.get(operand, ()))
+      ops.append((opcode, line, moved, runs))
+      if opcode in _CONTROL:
+        trips = _TRIPS.search(line)
+        inner = runs * (int(trips.group(1)) if trips and opcode == 'while' else 1)
+        todo.extend((c, inner) for c in _CALLS.findall(line))
         for group in _BRANCHES.findall(line):
-          todo.extend(c.strip().lstrip('%') for c in group.split(','))
+          todo.extend((c.strip().lstrip('%'), runs) for c in group.split(','))
   return ops
+
+
+def _fused_root(blocks: dict[str, list[str]], rest: str) -> tuple[str, list[str]]:
+  """The opcode of a fusion's root and the lines of its fused computation ('' if not found)."""
+  called = _FUSED.search(rest)
+  lines = blocks.get(called.group(1), []) if called else []
+  root = next((l for l in lines if l.lstrip().startswith('ROOT')), '')
+  m = _INSTRUCTION.match(_COMMENT.sub('', root))
+  return (m.group(3) if m else ''), lines
+
+
+def _in_place_update(blocks: dict[str, list[str]], rest: str) -> int | None:
+  """Bytes of the update when a fusion's root is a `dynamic-update-slice` (in place), else None."""
+  opcode, lines = _fused_root(blocks, rest)
+  if opcode != 'dynamic-update-slice':
+    return None
+  root = next(l for l in lines if l.lstrip().startswith('ROOT'))
+  m = _INSTRUCTION.match(_COMMENT.sub('', root))
+  names = _OPERAND.findall(m.group(4))
+  if len(names) < 2:
+    return None
+  shapes = {i.group(1): i.group(2) for i in map(_INSTRUCTION.match, map(
+      lambda l: _COMMENT.sub('', l), lines)) if i}
+  return sum(n * b for n, b in _arrays(shapes.get(names[1], '')))
 
 
 def kernel_kind(opcode: str, line: str) -> str:
@@ -184,10 +252,16 @@ def kernel_kind(opcode: str, line: str) -> str:
 
 
 def count_ops(hlo: str) -> dict[str, Any]:
-  """The top-level operations (`top_level_ops`) by opcode and by kernel kind."""
+  """The top-level operations (`top_level_ops`) by opcode and by kernel kind, the kernels run
+  per call (loop bodies times their trip counts) and the bytes they move, by kind."""
   ops = top_level_ops(hlo)
-  counts = collections.Counter(op for op, _ in ops)
-  kinds = collections.Counter(kernel_kind(op, line) for op, line in ops if op not in _CONTROL)
+  counts = collections.Counter(op for op, _, _, _ in ops)
+  kinds, moved, launched = collections.Counter(), collections.Counter(), 0
+  for op, line, size, runs in ops:
+    if op not in _CONTROL:
+      kinds[kernel_kind(op, line)] += 1
+      moved[kernel_kind(op, line)] += size * runs
+      launched += runs
   return {
       'ops': sum(n for op, n in counts.items() if op not in _CONTROL),
       'fusions': counts['fusion'],
@@ -197,6 +271,9 @@ def count_ops(hlo: str) -> dict[str, Any]:
       'copies': counts['copy'] + counts['transpose'],
       'loops': counts['while'],
       'kinds': dict(sorted(kinds.items(), key=lambda kv: -kv[1])),
+      'kernels_run': launched,
+      'bytes': sum(moved.values()),
+      'bytes_by_kind': dict(sorted(moved.items(), key=lambda kv: -kv[1])),
   }
 
 

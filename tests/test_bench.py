@@ -356,3 +356,83 @@ def test_gpu_target_without_its_compiler_is_one_line():
     hlo_counts.target_devices('h100')
   with pytest.raises(SystemExit, match='unknown'):
     hlo_counts.target_devices('a100')
+
+
+def test_predicted_gpu_step_of_the_profiled_step_is_its_measured_time():
+  """`predict_gpu`: the default's prediction from its own profile is exactly the measured step;
+  an option without the GEMMs' bytes saves exactly their measured time; Pallas bytes get a range."""
+  from benchmarks import predict_gpu  # pylint: disable=import-outside-toplevel
+  profile = {'busy_ms_per_step': 30.0, 'kinds': [
+      {'kind': 'conv forward (fprop)', 'ms_per_step': 10.0},
+      {'kind': 'GEMM/dot', 'ms_per_step': 8.0},
+      {'kind': 'elementwise/concat fusions', 'ms_per_step': 11.0},
+      {'kind': 'conv padding/workspace', 'ms_per_step': 1.0}]}
+  default = {'case': 'supervised', 'option': 'default', 'kernels_run': 100,
+             'bytes_by_kind': {'conv_fprop': 5e9, 'gemm': 2e9, 'elementwise': 4e9,
+                               'concatenate': 7e9}}
+  cal = predict_gpu.Calibration.of('supervised', default, profile, step_ms=40.0)
+  assert cal.predict(default)['predicted'] == pytest.approx(40.0)
+  no_gemm = {**default, 'bytes_by_kind': {k: v for k, v in default['bytes_by_kind'].items()
+                                          if k != 'gemm'}}
+  assert cal.predict(no_gemm)['predicted'] == pytest.approx(32.0)
+  pallas = {**no_gemm, 'bytes_by_kind': {**no_gemm['bytes_by_kind'], 'pallas_or_triton': 1e9}}
+  got = cal.predict(pallas)
+  assert got['pallas_fast'] == pytest.approx(32.0 + 1e9 / (11e9 / 11.0))
+  assert got['pallas_slow'] == pytest.approx(32.0 + 1e9 / (5e9 / 10.0))
+
+
+_BYTES_HLO = '''HloModule bytes
+
+%fused_slice (p0: f32[1024]) -> f32[16] {
+  %p0 = f32[1024]{0} parameter(0)
+  ROOT %s = f32[16]{0} slice(%p0), slice={[0:16]}
+}
+
+%fused_dus (p0: f32[1024], p1: f32[16], p2: s32[]) -> f32[1024] {
+  %p0 = f32[1024]{0} parameter(0)
+  %p1 = f32[16]{0} parameter(1)
+  %p2 = s32[] parameter(2)
+  ROOT %d = f32[1024]{0} dynamic-update-slice(%p0, %p1, %p2)
+}
+
+%fused_cat (p0: f32[1024], p1: f32[16]) -> f32[32] {
+  %p0 = f32[1024]{0} parameter(0)
+  %p1 = f32[16]{0} parameter(1)
+  %h = f32[16]{0} slice(%p0), slice={[0:16]}
+  ROOT %c = f32[32]{0} concatenate(%h, %p1), dimensions={0}
+}
+
+%body (c: (s32[], f32[1024])) -> (s32[], f32[1024]) {
+  %c = (s32[], f32[1024]{0}) parameter(0)
+  %x = f32[1024]{0} get-tuple-element(%c), index=1
+  %y = f32[1024]{0} fusion(%x), kind=kLoop, calls=%fused_slice
+  ROOT %t = (s32[], f32[1024]{0}) tuple(%i, %y)
+}
+
+ENTRY %main (a: f32[1024], u: f32[16], i: s32[]) -> f32[1024] {
+  %a = f32[1024]{0} parameter(0)
+  %u = f32[16]{0} parameter(1)
+  %i = s32[] parameter(2)
+  %s = f32[16]{0} fusion(%a), kind=kLoop, calls=%fused_slice
+  %r = f32[16]{0} fusion(%s, %u), kind=kInput, calls=%fused_reduce
+  %w = (s32[], f32[1024]{0}) while(%t0), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"7"}}
+  %k = f32[32]{0} fusion(%a, %u), kind=kLoop, calls=%fused_cat
+  ROOT %d = f32[1024]{0} fusion(%a, %r, %i), kind=kLoop, calls=%fused_dus
+}
+'''
+
+
+def test_bytes_of_kernels_slices_in_place_updates_and_loops():
+  """Moved bytes: a loop fusion reads only what its result needs of an operand (the 16 sliced
+  floats, not 1024); a concatenation reads each element of its result once; an in-place update
+  moves its update twice, not the whole buffer; a loop body's kernel runs its trip count times."""
+  ops = {line.split('=')[0].split('%')[-1].strip(): (size, runs)
+         for _, line, size, runs in hlo_counts.top_level_ops(_BYTES_HLO)}
+  assert ops['s'] == (64 + 64, 1)
+  assert ops['r'] == (64 + 64 + 64, 1)
+  assert ops['d'] == (2 * 64 + 64 + 4, 1)
+  assert ops['y'] == (4096 + 4096, 7)
+  assert ops['k'] == (2 * 128, 1)
+  counts = hlo_counts.count_ops(_BYTES_HLO)
+  assert counts['kernels_run'] == 4 + 7 and counts['loops'] == 1
+  assert counts['bytes'] == 128 + 192 + 196 + 256 + 7 * 8192
