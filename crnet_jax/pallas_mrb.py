@@ -357,13 +357,12 @@ def _param_grads(v: Array, daf: Array, dag: Array, dtype) -> tuple[Array, ...]:
   """One MC's kernel and bias gradients (feature, mask) from its input `v` and `dA`, by XLA.
 
   `sum_p tap_t(p)^T dA(p)` for the 9 taps is the weight gradient of the 3x3 convolution: one
-  weight-gradient convolution of both halves (2C outputs, as the plain path's fused MC), taking
-  `v` and `dA` in the compute dtype and accumulating in float32.
+  weight-gradient convolution of both halves (2C outputs, as the plain path's fused MC), in the
+  compute dtype as the plain path's (a GPU accumulates it in float32).
   """
   d = jnp.concatenate([daf, dag], axis=-1).astype(dtype)
   conv = lambda k: jax.lax.conv_general_dilated(
-      v.astype(dtype), k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-      preferred_element_type=jnp.float32).astype(dtype)
+      v.astype(dtype), k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   kernel_shape = (3, 3, v.shape[-1], d.shape[-1])
   dk = jax.vjp(conv, jnp.zeros(kernel_shape, dtype))[1](d)[0]
   db = jnp.sum(d.astype(jnp.float32), axis=(0, 1, 2)).astype(dtype)
