@@ -315,7 +315,7 @@ def bench_infer(config: ml_collections.ConfigDict, case: str, dtype: str, opts: 
   ph, pw = image_io.round_up(height, tiling.bucket), image_io.round_up(width, tiling.bucket)
   path = opts.infer_path
   if path == 'auto':
-    path = 'whole' if ph * pw <= tiling.max_whole_pixels else 'tiled'
+    path = 'whole' if enhancer.uses_whole(ph, pw) else 'tiled'
   image = np.random.default_rng(0).uniform(0.0, 0.3, (height, width, 3)).astype(np.float32)
   padded = np.pad(image, ((0, ph - height), (0, pw - width), (0, 0)))
   mask = np.pad(np.ones((height, width, 1), np.float32), ((0, ph - height), (0, pw - width),

@@ -54,7 +54,9 @@ def child(args) -> None:
   padded = (-(-height // b) * b) * (-(-width // b) * b)
   print(json.dumps({
       'megapixels': round(width * height / 1e6, 2), 'width': width, 'height': height,
-      'config': args.config, 'path': 'whole' if padded <= tiling.max_whole_pixels else 'tiled',
+      'config': args.config,
+      'path': ('auto' if not tiling.max_whole_pixels else
+               'whole' if padded <= tiling.max_whole_pixels else 'tiled'),
       'peak_rss_mb': round(_rss_mb(), 1), 'setup_rss_mb': round(setup_mb, 1),
       'image_uint8_mb': round(width * height * 3 / 2**20, 1),
       'tiled_bytes_per_pixel': inference.bytes_per_pixel(model, tiling),

@@ -54,6 +54,8 @@ OPTIONS = {
     'layer_attention_impl=reduce': ['--config.model.layer_attention_impl=reduce'],
     'layer_attention_impl=concat': ['--config.model.layer_attention_impl=concat'],
     'mrb_impl=pallas': ['--config.model.mrb_impl=pallas'],
+    'reduce+pallas': ['--config.model.layer_attention_impl=reduce',
+                      '--config.model.mrb_impl=pallas'],
     'remat=lmrg': ['--config.model.remat=lmrg'],
     'command_buffer=off': ['xla:xla_gpu_enable_command_buffer='],
     # No autotuning of convolutions and GEMMs: a faster compile (cold start) for the heuristics'

@@ -85,6 +85,7 @@ OPTIONS = {
     'layer_attention_impl=reduce': {'layer_attention_impl': 'reduce'},
     'layer_attention_impl=concat': {'layer_attention_impl': 'concat'},
     'mrb_impl=pallas': {'mrb_impl': 'pallas'},
+    'reduce+pallas': {'layer_attention_impl': 'reduce', 'mrb_impl': 'pallas'},
 }
 
 _INSTRUCTION = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s([a-z][\w\-]*)\((.*)$')
@@ -342,6 +343,9 @@ def lower_case(config: ml_collections.ConfigDict, case: str, devices: Sequence[A
   tiling = inference.TilingConfig.from_config(config.inference)
   ph, pw = image_io.round_up(height, tiling.bucket), image_io.round_up(width, tiling.bucket)
   if infer_path == 'auto':
+    if not tiling.max_whole_pixels:  # the Enhancer would decide by this machine's memory
+      raise SystemExit('error: --infer_path=auto needs inference.max_whole_pixels > 0 here; '
+                       'pass --infer_path=whole or tiled')
     infer_path = 'whole' if ph * pw <= tiling.max_whole_pixels else 'tiled'
   # The Enhancer's own jitted functions; its parameters here are host arrays, never used.
   params = models.abstract_params(model)

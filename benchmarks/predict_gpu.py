@@ -24,7 +24,8 @@ cuDNN's forward convolutions (`pallas_slow`) and at that of XLA's elementwise fu
       --profile=mcmt=benchmarks/results/h200-2026-12-04-kernels-mcmt.json \
       --bench=benchmarks/results/h200-2026-12-04-bench.jsonl
 
-Prints a Markdown table, then one JSON line per case and option (`predicted_ms`).
+Prints each profile's bandwidths by kind, a Markdown table, then one JSON line per case and
+option (`predicted_ms`).
 """
 
 from __future__ import annotations
@@ -95,6 +96,12 @@ class Calibration:
     return {name: base + pallas / self.bandwidth[kind] for name, kind in PALLAS_AS.items()}
 
 
+def _memory(record: dict[str, Any]) -> int:
+  """The executable's bytes: arguments + outputs + temporaries - the outputs aliasing inputs."""
+  return (record['argument_bytes'] + record['output_bytes'] + record['temp_bytes']
+          - record['alias_bytes'])
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--counts', required=True, help='hlo_counts.py --target JSON lines')
@@ -116,6 +123,9 @@ def main(argv: list[str] | None = None) -> None:
     with open(path, encoding='utf-8') as f:
       calibrations[case] = Calibration.of(case, defaults[case], json.load(f),
                                           measured[case]['median_ms'])
+  for c in calibrations.values():
+    rates = ', '.join(f'{kind} {bw / 1e9:.2f}' for kind, bw in sorted(c.bandwidth.items()))
+    print(f'{c.case}: TB/s by kind: {rates}; {c.ms_per_kernel * 1e3:.2f} us per kernel\n')
   first = calibrations[args.profile[0].partition('=')[0]]
   rows = []
   for r in records:
@@ -125,16 +135,17 @@ def main(argv: list[str] | None = None) -> None:
       row = {'case': r['case'], 'option': r['option'], 'variant': variant,
              **({'path': r['path']} if 'path' in r else {}),
              'calibrated_on': calibration.case, 'kernels_run': r['kernels_run'],
-             'bytes': r['bytes'], 'predicted_ms': round(ms, 2),
+             'bytes': r['bytes'], 'memory_gib': round(_memory(r) / 2**30, 2),
+             'predicted_ms': round(ms, 2),
              'compiled_for': r['device']}
       if bench:
         row.update(measured_default_ms=round(bench['median_ms'], 2),
                    speedup_vs_measured_default=round(bench['median_ms'] / ms, 3),
                    measured_on=bench['device'])
       rows.append(row)
-  print('| case | option | calibrated on | kernels | GB moved | predicted ms | measured ms '
-        '(default) | vs measured default |')
-  print('| --- | --- | --- | --- | --- | --- | --- | --- |')
+  print('| case | option | calibrated on | kernels | GB moved | memory GiB | predicted ms | '
+        'measured ms (default) | vs measured default |')
+  print('| --- | --- | --- | --- | --- | --- | --- | --- | --- |')
   for r in rows:
     option = (r['option'] + (f", {r['path']}" if 'path' in r else '')
               + ('' if r['variant'] == 'predicted' else f" ({r['variant']})"))
@@ -142,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     shown = ('- | -' if measured_ms is None else
              f"{measured_ms:.1f} | {r['speedup_vs_measured_default']:.2f}x")
     print(f"| {r['case']} | {option} | {r['calibrated_on']} | {r['kernels_run']} | "
-          f"{r['bytes'] / 1e9:.1f} | {r['predicted_ms']:.1f} | {shown} |")
+          f"{r['bytes'] / 1e9:.1f} | {r['memory_gib']:.2f} | {r['predicted_ms']:.1f} | {shown} |")
   for r in rows:
     print(json.dumps(r))
 

@@ -111,7 +111,9 @@ def get_config() -> ml_collections.ConfigDict:
   # main.py --mode=enhance|evaluate|export (crnet_jax/inference.py).
   config.inference = ml_collections.ConfigDict()
   config.inference.bucket = 32  # pad H and W to a multiple of this: one compilation per bucket
-  config.inference.max_whole_pixels = 1024 * 1024  # larger images go through tiles
+  # Larger images go through tiles; 0: every image whose whole-image pass fits in half the memory
+  # runs whole (on a GPU, 4K in bf16 does: benchmarks/README.md).
+  config.inference.max_whole_pixels = 1024 * 1024
   config.inference.tile_size = 512  # tile side in pixels, context included
   config.inference.tile_overlap = 0  # context around each tile's core; 0 = exact (receptive radius)
   # Keep each pass's block outputs between the tiled energy sweep and the pass (about 1.3x the

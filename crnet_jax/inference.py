@@ -8,7 +8,8 @@
    back to exactly (H, W). The network gets the pixel mask of the real pixels, with which the
    padded image computes exactly what the unpadded one does (`layers.apply_mask`).
 2. An image with more than `max_whole_pixels` pixels (after padding) goes through tiles, so that
-   device memory stays bounded. CRNet is not purely local: every LMRG pass has a layer attention
+   device memory stays bounded (`max_whole_pixels=0`: every image whose whole-image pass, as
+   compiled, needs at most half of the device's memory runs whole, the others tiled). CRNet is not purely local: every LMRG pass has a layer attention
    whose energy `E = F F^T` sums over the whole image. Tiling therefore runs pass by pass: for
    each of the N x T passes, (a) every tile computes head, memory and blocks, writes the cores of
    its block outputs and of the new memory state into full-resolution buffers, and adds the
@@ -60,7 +61,9 @@ from crnet_jax.progress import track
 class TilingConfig:
   """How images are padded and tiled (`config.inference`)."""
   bucket: int = 32  # pad H and W up to a multiple of this (fewer compilations)
-  max_whole_pixels: int = 1024 * 1024  # larger (padded) images go through tiles
+  # Larger (padded) images go through tiles; 0: those whose compiled whole-image pass needs more
+  # than half of the device's memory (`Enhancer.uses_whole`).
+  max_whole_pixels: int = 1024 * 1024
   tile_size: int = 512  # tile side, context included
   tile_overlap: int = 0  # context pixels around a tile's core; 0 = one pass's receptive radius
   # Keep each pass's block outputs at full resolution between its two parts (about 1.3x the
@@ -72,10 +75,10 @@ class TilingConfig:
   max_image_pixels: int = 0
 
   def __post_init__(self):
-    for name in ('bucket', 'max_whole_pixels', 'tile_size'):
+    for name in ('bucket', 'tile_size'):
       if getattr(self, name) < 1:
         raise ValueError(f'inference.{name} must be positive, got {getattr(self, name)}')
-    for name in ('tile_overlap', 'max_image_pixels'):
+    for name in ('tile_overlap', 'max_image_pixels', 'max_whole_pixels'):
       if getattr(self, name) < 0:
         raise ValueError(f'inference.{name} must be >= 0, got {getattr(self, name)}')
 
@@ -156,6 +159,7 @@ class Enhancer:
     self.halo = tiling.tile_overlap or models.receptive_radius(model)
 
     self._forward = jax.jit(functools.partial(models.enhance, model))
+    self._whole = {}  # (height, width) -> the compiled whole-image pass, or None: too big
     self._tiled = jax.jit(self._tiled_forward, static_argnames=('out_uint8',))
     # uint8 in, uint8 out of the same (padded) shape: the output reuses the input's buffer.
     self._tiled_in_place = jax.jit(functools.partial(self._tiled_forward, out_uint8=True),
@@ -188,6 +192,31 @@ class Enhancer:
         path, limit, limit_hint=f'({how}); downscale it, or set --config.inference.'
         'max_image_pixels (the tiled pass needs about '
         f'{bytes_per_pixel(self.model, self.tiling)} bytes per pixel)')
+
+  def uses_whole(self, height: int, width: int) -> bool:
+    """Whether a padded (height, width) image runs whole rather than tiled.
+
+    At most `max_whole_pixels` pixels; with `max_whole_pixels=0`, when the whole-image pass
+    compiled for that size needs at most half of the device's memory (the host's RAM on CPU).
+    """
+    if self.tiling.max_whole_pixels > 0:
+      return height * width <= self.tiling.max_whole_pixels
+    return self._compiled_whole(height, width) is not None
+
+  def _compiled_whole(self, height: int, width: int) -> Any:
+    """The whole-image pass compiled for one padded (height, width) image if it fits in half of
+    the memory (`uses_whole`), else None; compiled once per size."""
+    if (height, width) not in self._whole:
+      image = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
+      mask = jax.ShapeDtypeStruct((1, height, width, 1), jnp.float32)
+      compiled = self._forward.lower(self.params, image, mask).compile()
+      stats = compiled.memory_analysis()
+      need = (stats.argument_size_in_bytes + stats.output_size_in_bytes
+              + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+      memory = _memory_bytes()
+      fits = need <= memory // 2 if memory else height * width <= TilingConfig.max_whole_pixels
+      self._whole[(height, width)] = compiled if fits else None
+    return self._whole[(height, width)]
 
   def forward(self, batch: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """The clipped network output for an (n, H, W, 3) batch and its (n, H, W, 1) pixel mask."""
@@ -225,10 +254,14 @@ class Enhancer:
     image = self._check(image.pop() if isinstance(image, list) else image)
     h, w, _ = image.shape
     pad = self._padding(h, w)
-    if (h + pad[0][1]) * (w + pad[1][1]) <= self.tiling.max_whole_pixels:
+    if self.uses_whole(h + pad[0][1], w + pad[1][1]):
       padded = np.pad(image_io.to_float(image), pad)
       mask = np.pad(np.ones((h, w, 1), np.float32), pad)
-      out = self.forward(padded[None], mask[None])[0][:h, :w]
+      # With max_whole_pixels=0, the executable `uses_whole` compiled to measure its memory.
+      forward = (self._forward if self.tiling.max_whole_pixels > 0
+                 else self._compiled_whole(*padded.shape[:2]))
+      out = np.asarray(forward(self.params, jnp.asarray(padded[None], jnp.float32),
+                               jnp.asarray(mask[None])))[0][:h, :w]
       return image_io.to_uint8(out) if out_uint8 else out
     # Tiled: the image stays in its own dtype (uint8: a quarter of float32); each tile is
     # converted when the network reads it, and the output is written as uint8 if asked for.

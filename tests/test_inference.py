@@ -234,3 +234,24 @@ def test_jax_export_runs_without_crnet_jax(tiny, tmp_path):
   for key, x in images.items():
     want = np.stack([reference(model, params, image) for image in x])
     np.testing.assert_allclose(np.load(tmp_path / f'{key}_out.npy'), want, atol=1e-5)
+
+
+def test_whole_or_tiled_by_memory(tiny, monkeypatch):
+  """`max_whole_pixels=0`: an image runs whole when its compiled whole pass needs at most half of
+  the memory, else tiled; both give the whole-image result (tiles are exact)."""
+  model, params, _ = tiny
+  image = np.random.default_rng(1).random((70, 90, 3)).astype(np.float32) * 0.3
+  want = inference.Enhancer(model, params, inference.TilingConfig(max_whole_pixels=10**8))(image)
+  auto = lambda: inference.Enhancer(model, params, inference.TilingConfig(
+      max_whole_pixels=0, tile_size=64))
+  probe = auto()
+  stats = probe._compiled_whole(96, 96).memory_analysis()  # 70 x 90 padded to the bucket 32
+  need = (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+          - stats.alias_size_in_bytes)
+  for memory, whole in ((2 * need, True), (2 * need - 2, False)):
+    monkeypatch.setattr(inference, '_memory_bytes', lambda m=memory: m)
+    enhancer = auto()
+    assert enhancer.uses_whole(96, 96) is whole  # `__call__` runs tiled exactly when not
+    np.testing.assert_allclose(enhancer(image), want, atol=1e-5)
+  with pytest.raises(ValueError, match='max_whole_pixels'):
+    inference.TilingConfig(max_whole_pixels=-1)
