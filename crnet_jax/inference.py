@@ -9,8 +9,9 @@
    padded image computes exactly what the unpadded one does (`layers.apply_mask`).
 2. An image with more than `max_whole_pixels` pixels (after padding) goes through tiles, so that
    device memory stays bounded (`max_whole_pixels=0`: every image whose whole-image pass, as
-   compiled, needs at most half of the device's memory runs whole, the others tiled). CRNet is not purely local: every LMRG pass has a layer attention
-   whose energy `E = F F^T` sums over the whole image. Tiling therefore runs pass by pass: for
+   compiled, needs at most half of the device's memory runs whole, the others tiled). CRNet is
+   not purely local: every LMRG pass has a layer attention whose energy `E = F F^T` sums over
+   the whole image. Tiling therefore runs pass by pass: for
    each of the N x T passes, (a) every tile computes head, memory and blocks, writes the cores of
    its block outputs and of the new memory state into full-resolution buffers, and adds the
    energy over its core pixels into the whole image's energy; (b) every tile computes the layer

@@ -26,7 +26,7 @@ Kernels (each a `pallas_call` over tiles of `tile = (TH, TW)` pixels of one imag
   conv^T(dA1, K1)`. The weight and bias gradients are XLA's: per MC one weight-gradient
   convolution of its input (x or z) with both halves of dA (cuDNN's on a GPU) and a sum of dA.
   (Accumulating them inside the kernels instead, 9 taps x 2 halves of float32 C x C sums per
-  program, needs 2-5x the 227 KiB of shared memory a Hopper block may have, at 8 x 16 tiles;
+  program, needs 1.6-3.3x the 227 KiB of shared memory a Hopper block may have at 8 x 16 tiles;
   compiled for an H100 with `benchmarks/hlo_counts.py --target=h100`.)
 
 Tiling and halo: a program's 3x3 taps read the input at its tile shifted by -1..1 pixels, i.e.
@@ -58,8 +58,8 @@ Backends: on a GPU the kernels are lowered with Pallas's Triton backend (`interp
 which needs C and TH*TW to be powers of two and at least 16 (the default 32 channels and 8x16
 tiles are); the tests check that every kernel lowers for Triton, and `benchmarks/hlo_counts.py
 --target=h100` compiles them for an H100 without one (they fit its shared memory and registers),
-but nothing has run on a GPU yet. On any other backend (CPU, TPU) they run in Pallas's interpreter (`interpret=True`),
-which is how the tests check their numbers: correct, but slow (for tests and small runs only).
+but nothing has run on a GPU yet. On any other backend (CPU, TPU) they run in Pallas's
+interpreter (`interpret=True`), which is how the tests check their numbers: correct, but slow (for tests and small runs only).
 XLA does not partition the kernels' custom calls over devices: for data-parallel training on
 several GPUs they would need `shard_map` (not done here), or use the `xla` path.
 """
