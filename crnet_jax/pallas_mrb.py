@@ -23,8 +23,10 @@ Kernels (each a `pallas_call` over tiles of `tile = (TH, TW)` pixels of one imag
   kernels: `_bwd_mc2` recomputes MC2's pre-activations from z and writes `dA2 = d(pre-activation
   of MC2)` (feature and mask halves); `_bwd_mc1` computes `dz = conv^T(dA2, K2)`, recomputes
   MC1's pre-activations from x and writes `dA1`; `_bwd_input` writes `dx = dout +
-  conv^T(dA1, K1)`. The weight and bias gradients are XLA's: per MC one weight-gradient
-  convolution of its input (x or z) with both halves of dA (cuDNN's on a GPU) and a sum of dA.
+  conv^T(dA1, K1)`. dA is one (batch, H, W, 2C) array, the feature half then the mask half, so
+  each transposed convolution is 9 matmuls (TH*TW, 2C) @ (2C, C). The weight and bias gradients
+  are XLA's: per MC one weight-gradient convolution of its input (x or z) with dA (cuDNN's on a
+  GPU) and a sum of dA.
   (Accumulating them inside the kernels instead, 9 taps x 2 halves of float32 C x C sums per
   program, needs 1.6-3.3x the 227 KiB of shared memory a Hopper block may have at 8 x 16 tiles;
   compiled for an H100 with `benchmarks/hlo_counts.py --target=h100`.)
@@ -224,9 +226,10 @@ def _store_tile(ref, value: Array, real: Array, geo: _Geometry) -> None:
                  mask=jnp.broadcast_to(real.reshape(shape[:3] + (1,)), shape))
 
 
-def _flip(kernel: Array) -> Array:
-  """`K'[s] = K[2 - s]^T`: the kernel of the transposed convolution (the input gradient)."""
-  return jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
+def _flip(kf: Array, kg: Array) -> Array:
+  """`K'[s] = K[2 - s]^T` of the MC's two kernels side by side, (3, 3, 2C, C): the kernel of the
+  transposed convolution (the input gradient) of the fused 2C one, read against dA's 2C."""
+  return jnp.swapaxes(jnp.concatenate([kf, kg], axis=-1)[::-1, ::-1], 2, 3)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -257,42 +260,43 @@ def _mc2_kernel(static, geo, has_mask, z_ref, x_ref, *refs):
   _store_tile(o_ref, _gather(x_ref, n, rows, cols, geo).astype(jnp.float32) + y, real, geo)
 
 
+def _store_halves(ref, df: Array, dg: Array, real: Array, geo: _Geometry) -> None:
+  """Stores a tile's gradients of the feature and mask pre-activations into the two channel
+  halves of its (1, TH, TW, 2C) block: dA, laid out as the plain path's fused 2C convolution."""
+  _store_tile(ref.at[:, :, :, pl.ds(0, geo.c)], df, real, geo)
+  _store_tile(ref.at[:, :, :, pl.ds(geo.c, geo.c)], dg, real, geo)
+
+
 def _bwd_mc2_kernel(static, geo, has_mask, z_ref, dout_ref, *refs):
   """dA2 = d(MC2's pre-activations), feature and mask halves, on one tile."""
-  m_ref, (kf, kg, bf, bg, daf_ref, dag_ref) = (refs[0], refs[1:]) if has_mask else (None, refs)
+  m_ref, (kf, kg, bf, bg, da_ref) = (refs[0], refs[1:]) if has_mask else (None, refs)
   n, i, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
   rows, cols, real = _tile_pixels(geo, i, j)
   f, g = _gates(_conv_taps(z_ref, n, rows, cols, geo, static.dtype), kf, kg, bf, bg)
   d = _gather(dout_ref, n, rows, cols, geo).astype(jnp.float32)
   if has_mask:
     d = d * _gather(m_ref, n, rows, cols, geo)
-  df, dg = _gate_grads(static, f, g, d)
-  _store_tile(daf_ref, df, real, geo)
-  _store_tile(dag_ref, dg, real, geo)
+  _store_halves(da_ref, *_gate_grads(static, f, g, d), real, geo)
 
 
-def _bwd_mc1_kernel(static, geo, has_mask, daf2_ref, dag2_ref, x_ref, *refs):
+def _bwd_mc1_kernel(static, geo, has_mask, da2_ref, x_ref, *refs):
   """dz = conv^T(dA2, K2), then dA1 = d(MC1's pre-activations), on one tile."""
   m_ref, refs = (refs[0], refs[1:]) if has_mask else (None, refs)
-  kf2t, kg2t, kf, kg, bf, bg, daf_ref, dag_ref = refs
+  k2t, kf, kg, bf, bg, da_ref = refs
   n, i, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
   rows, cols, real = _tile_pixels(geo, i, j)
-  dz = (_conv(_conv_taps(daf2_ref, n, rows, cols, geo, static.dtype), kf2t)
-        + _conv(_conv_taps(dag2_ref, n, rows, cols, geo, static.dtype), kg2t))
+  dz = _conv(_conv_taps(da2_ref, n, rows, cols, geo, static.dtype), k2t)
   if has_mask:
     dz = dz * _gather(m_ref, n, rows, cols, geo)
   f, g = _gates(_conv_taps(x_ref, n, rows, cols, geo, static.dtype), kf, kg, bf, bg)
-  df, dg = _gate_grads(static, f, g, dz)
-  _store_tile(daf_ref, df, real, geo)
-  _store_tile(dag_ref, dg, real, geo)
+  _store_halves(da_ref, *_gate_grads(static, f, g, dz), real, geo)
 
 
-def _bwd_input_kernel(static, geo, daf1_ref, dag1_ref, dout_ref, kf1t, kg1t, dx_ref):
+def _bwd_input_kernel(static, geo, da1_ref, dout_ref, k1t, dx_ref):
   """dx = dout + conv^T(dA1, K1) on one tile."""
   n, i, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
   rows, cols, real = _tile_pixels(geo, i, j)
-  dx = (_conv(_conv_taps(daf1_ref, n, rows, cols, geo, static.dtype), kf1t)
-        + _conv(_conv_taps(dag1_ref, n, rows, cols, geo, static.dtype), kg1t))
+  dx = _conv(_conv_taps(da1_ref, n, rows, cols, geo, static.dtype), k1t)
   _store_tile(dx_ref, _gather(dout_ref, n, rows, cols, geo).astype(jnp.float32) + dx, real,
               geo)
 
@@ -353,20 +357,18 @@ def _mrb_fwd(static, x, mask, params):
   return out, (x, mask, z, params)
 
 
-def _param_grads(v: Array, daf: Array, dag: Array, dtype) -> tuple[Array, ...]:
+def _param_grads(v: Array, da: Array, dtype) -> tuple[Array, ...]:
   """One MC's kernel and bias gradients (feature, mask) from its input `v` and `dA`, by XLA.
 
   `sum_p tap_t(p)^T dA(p)` for the 9 taps is the weight gradient of the 3x3 convolution: one
   weight-gradient convolution of both halves (2C outputs, as the plain path's fused MC), in the
   compute dtype as the plain path's (a GPU accumulates it in float32).
   """
-  d = jnp.concatenate([daf, dag], axis=-1).astype(dtype)
   conv = lambda k: jax.lax.conv_general_dilated(
       v.astype(dtype), k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  kernel_shape = (3, 3, v.shape[-1], d.shape[-1])
-  dk = jax.vjp(conv, jnp.zeros(kernel_shape, dtype))[1](d)[0]
-  db = jnp.sum(d.astype(jnp.float32), axis=(0, 1, 2)).astype(dtype)
-  c = daf.shape[-1]
+  dk = jax.vjp(conv, jnp.zeros((3, 3, v.shape[-1], da.shape[-1]), dtype))[1](da)[0]
+  db = jnp.sum(da.astype(jnp.float32), axis=(0, 1, 2)).astype(dtype)
+  c = v.shape[-1]
   return dk[..., :c], dk[..., c:], db[:c], db[c:]
 
 
@@ -377,22 +379,20 @@ def _mrb_bwd(static, residuals, d_out):
   masks = [] if mask is None else [mask]
   has_mask = mask is not None
   grid = (geo.n, geo.rows, geo.cols)
-  da_specs = [_tile_spec(geo, geo.c)] * 2
-  da_shapes = [jax.ShapeDtypeStruct(x.shape, static.dtype)] * 2
+  da_spec = _tile_spec(geo, 2 * geo.c)
+  da_shape = jax.ShapeDtypeStruct(x.shape[:-1] + (2 * geo.c,), static.dtype)
   kf1, kg1, bf1, bg1 = _mc_params(params, 0)
   kf2, kg2, bf2, bg2 = _mc_params(params, 1)
-  daf2, dag2 = _call(functools.partial(_bwd_mc2_kernel, static, geo, has_mask), static, grid,
-                     [z, d_out, *masks, kf2, kg2, bf2, bg2], da_specs, da_shapes,
-                     'mrb_bwd_mc2')
-  daf1, dag1 = _call(functools.partial(_bwd_mc1_kernel, static, geo, has_mask), static, grid,
-                     [daf2, dag2, x, *masks, _flip(kf2), _flip(kg2), kf1, kg1, bf1, bg1],
-                     da_specs, da_shapes, 'mrb_bwd_mc1')
+  da2 = _call(functools.partial(_bwd_mc2_kernel, static, geo, has_mask), static, grid,
+              [z, d_out, *masks, kf2, kg2, bf2, bg2], da_spec, da_shape, 'mrb_bwd_mc2')
+  da1 = _call(functools.partial(_bwd_mc1_kernel, static, geo, has_mask), static, grid,
+              [da2, x, *masks, _flip(kf2, kg2), kf1, kg1, bf1, bg1], da_spec, da_shape,
+              'mrb_bwd_mc1')
   dx = _call(functools.partial(_bwd_input_kernel, static, geo), static, grid,
-             [daf1, dag1, d_out, _flip(kf1), _flip(kg1)],
+             [da1, d_out, _flip(kf1, kg1)],
              _tile_spec(geo, geo.c), jax.ShapeDtypeStruct(x.shape, x.dtype), 'mrb_bwd_input')
   d_mask = None if mask is None else jnp.zeros_like(mask)
-  return dx, d_mask, (*_param_grads(x, daf1, dag1, static.dtype),
-                      *_param_grads(z, daf2, dag2, static.dtype))
+  return dx, d_mask, (*_param_grads(x, da1, static.dtype), *_param_grads(z, da2, static.dtype))
 
 
 _mrb.defvjp(_mrb_fwd, _mrb_bwd)
