@@ -48,12 +48,13 @@ Expected GPU benefit, per block and per pixel, in C-channel activation reads/wri
 | XLA forward | 4 | ~13 | conv -> 2C, gate fusion 2C -> C, conv -> 2C, gate + mask + residual fusion |
 | Pallas forward | 2 | 5 | x -> z (2), z + x -> out (3) |
 | XLA backward | ~8 | ~24 | per MC: gate-gradient fusion, input-gradient conv, weight-gradient conv |
-| Pallas backward | 3 + 2 weight-gradient convs | 19 | z + dout -> dA2 (4), dA2 + x -> dA1 (5), dA1 + dout -> dx (4); x + dA1, z + dA2 -> dK (6) |
+| Pallas backward | 3 + 2 weight-gradient convs + 2 sums | 23 | z + dout -> dA2 (4), dA2 + x -> dA1 (5), dA1 + dout -> dx (4); x + dA1, z + dA2 -> dK (6); dA1, dA2 -> db (4) |
 
-so about 2.5x fewer bytes for the forward pass and 1.3x for the backward pass, for 1.5x the
-block's FLOPs in the backward pass (6 convolutions instead of 4: both MCs' pre-activations are
-recomputed instead of saved). The blocks are 60% of CRNet's FLOPs and about half of its bytes,
-hence the prediction in `benchmarks/README.md` (a prediction: nothing here has run on a GPU yet).
+so about 2.5x fewer bytes for the forward pass and about as many for the backward pass, for
+1.5x the block's FLOPs in the backward pass (6 convolutions instead of 4: both MCs'
+pre-activations are recomputed instead of saved). The blocks are 60% of CRNet's FLOPs and about
+half of its bytes, hence the prediction in `benchmarks/README.md` (a prediction: nothing here has
+run on a GPU yet).
 The kernels are not tuned: the tile size (`tile`) and the Triton warps are still to be measured.
 
 Backends: on a GPU the kernels are lowered with Pallas's Triton backend (`interpret=False`),
@@ -61,7 +62,8 @@ which needs C and TH*TW to be powers of two and at least 16 (the default 32 chan
 tiles are); the tests check that every kernel lowers for Triton, and `benchmarks/hlo_counts.py
 --target=h100` compiles them for an H100 without one (they fit its shared memory and registers),
 but nothing has run on a GPU yet. On any other backend (CPU, TPU) they run in Pallas's
-interpreter (`interpret=True`), which is how the tests check their numbers: correct, but slow (for tests and small runs only).
+interpreter (`interpret=True`), which is how the tests check their numbers: correct, but slow
+(for tests and small runs only).
 XLA does not partition the kernels' custom calls over devices: for data-parallel training on
 several GPUs they would need `shard_map` (not done here), or use the `xla` path.
 """

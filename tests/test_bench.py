@@ -347,7 +347,8 @@ def test_kernel_kinds_of_a_gpu_module():
   assert counts['kinds'] == {
       'conv_fprop': 1, 'conv_wgrad': 1, 'conv_dgrad': 1, 'gemm': 1, 'triton_fusion': 1,
       'reduction': 1, 'transpose': 1, 'concatenate': 1, 'elementwise': 1, 'copy': 1}
-  assert (counts['ops'], counts['custom_calls'], counts['fusions'], counts['copies']) == (10, 3, 6, 1)
+  assert (counts['ops'], counts['custom_calls'], counts['fusions'],
+          counts['copies']) == (10, 3, 6, 1)
 
 
 def test_gpu_target_without_its_compiler_is_one_line():
