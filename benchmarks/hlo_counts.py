@@ -184,24 +184,20 @@ def top_level_ops(hlo: str) -> list[tuple[str, str, int, int]]:
   return ops
 
 
-def _fused_root(blocks: dict[str, list[str]], rest: str) -> tuple[str, list[str]]:
-  """The opcode of a fusion's root and the lines of its fused computation ('' if not found)."""
+def _fused_root(blocks: dict[str, list[str]], rest: str) -> tuple[str, str, list[str]]:
+  """A fusion's root: its opcode and operands ('' if not found), and the fused computation."""
   called = _FUSED.search(rest)
   lines = blocks.get(called.group(1), []) if called else []
   root = next((l for l in lines if l.lstrip().startswith('ROOT')), '')
   m = _INSTRUCTION.match(_COMMENT.sub('', root))
-  return (m.group(3) if m else ''), lines
+  return (m.group(3), m.group(4), lines) if m else ('', '', lines)
 
 
 def _in_place_update(blocks: dict[str, list[str]], rest: str) -> int | None:
   """Bytes of the update when a fusion's root is a `dynamic-update-slice` (in place), else None."""
-  opcode, lines = _fused_root(blocks, rest)
-  if opcode != 'dynamic-update-slice':
-    return None
-  root = next(l for l in lines if l.lstrip().startswith('ROOT'))
-  m = _INSTRUCTION.match(_COMMENT.sub('', root))
-  names = _OPERAND.findall(m.group(4))
-  if len(names) < 2:
+  opcode, operands, lines = _fused_root(blocks, rest)
+  names = _OPERAND.findall(operands)
+  if opcode != 'dynamic-update-slice' or len(names) < 2:
     return None
   shapes = {i.group(1): i.group(2) for i in map(_INSTRUCTION.match, map(
       lambda l: _COMMENT.sub('', l), lines)) if i}
@@ -260,8 +256,9 @@ def count_ops(hlo: str) -> dict[str, Any]:
   kinds, moved, launched = collections.Counter(), collections.Counter(), 0
   for op, line, size, runs in ops:
     if op not in _CONTROL:
-      kinds[kernel_kind(op, line)] += 1
-      moved[kernel_kind(op, line)] += size * runs
+      kind = kernel_kind(op, line)
+      kinds[kind] += 1
+      moved[kind] += size * runs
       launched += runs
   return {
       'ops': sum(n for op, n in counts.items() if op not in _CONTROL),
