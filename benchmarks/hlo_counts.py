@@ -40,6 +40,7 @@ results' shapes: `top_level_ops`), `dots_anywhere`, `temp_bytes` / `argument_byt
 from __future__ import annotations
 
 import collections
+import datetime
 import json
 import math
 import os
@@ -381,7 +382,8 @@ def measure(config: ml_collections.ConfigDict, options: Sequence[str], cases: Se
           'argument_bytes': int(stats.argument_size_in_bytes),
           'output_bytes': int(stats.output_size_in_bytes),
           'alias_bytes': int(stats.alias_size_in_bytes),
-          'compile_s': round(compile_s, 2), 'compiler_options': compiler_options or {}})
+          'compile_s': round(compile_s, 2), 'compiler_options': compiler_options or {},
+          'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')})
   return records
 
 
