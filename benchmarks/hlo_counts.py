@@ -15,7 +15,7 @@ runs on the host for the device described in `benchmarks/gpu_specs/<target>.txtp
 deviceless ahead-of-time compilation), so the counts, the kernel kinds and the memory are the GPU
 compiler's, not a CPU proxy. What it cannot do without the GPU: autotuning (convolution
 algorithms, GEMM tiles are left to heuristics, so compile times are without it) and any timing.
-It needs the CUDA plugin of the installed jax and the CUDA libraries, about 4.5 GB, in a folder
+It needs the CUDA plugin of the installed jax and the CUDA libraries, about 5 GB, in a folder
 of their own (no GPU or driver needed):
 
   pip install --target .gpu_aot "jax-cuda12-plugin[with-cuda]==$(python -c 'import jax; print(jax.__version__)')"
@@ -47,7 +47,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
@@ -362,9 +362,9 @@ def lower_case(config: ml_collections.ConfigDict, case: str, devices: Sequence[A
 
 def measure(config: ml_collections.ConfigDict, options: Sequence[str], cases: Sequence[str],
             batch: int, patch: int, target: str = '', infer_path: str = 'auto',
-            compiler_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+            compiler_options: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+  """One record per case and option, each as soon as it is compiled."""
   devices = target_devices(target)
-  records = []
   for case in cases:
     for name in options:
       c = bench._with(config, **{f'model.{k}': v for k, v in OPTIONS[name].items()})  # pylint: disable=protected-access
@@ -374,7 +374,7 @@ def measure(config: ml_collections.ConfigDict, options: Sequence[str], cases: Se
       compile_s = time.perf_counter() - t0
       hlo = compiled.as_text()
       stats = compiled.memory_analysis()
-      records.append({
+      yield {
           'target': target or jax.default_backend(), 'device': devices[0].device_kind,
           'jax_version': jax.__version__, 'case': case, 'option': name, **record,
           'dtype': c.model.dtype, **count_ops(hlo), 'dots_anywhere': dots_anywhere(hlo),
@@ -383,8 +383,7 @@ def measure(config: ml_collections.ConfigDict, options: Sequence[str], cases: Se
           'output_bytes': int(stats.output_size_in_bytes),
           'alias_bytes': int(stats.alias_size_in_bytes),
           'compile_s': round(compile_s, 2), 'compiler_options': compiler_options or {},
-          'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')})
-  return records
+          'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}
 
 
 def define_flags() -> None:
@@ -418,9 +417,12 @@ def main(argv: Sequence[str]) -> None:
       raise SystemExit(f'error: --cases: unknown {case!r}; choose from gradient, supervised, '
                        'mcmt, infer_<width>x<height>')
   compiler_options = dict(bench._parse_option(o) for o in f.xla_options)  # pylint: disable=protected-access
-  for record in measure(config, f.options, f.cases, f.batch, f.patch, f.target, f.infer_path,
-                        compiler_options):
-    print(json.dumps(record), flush=True)
+  try:
+    for record in measure(config, f.options, f.cases, f.batch, f.patch, f.target, f.infer_path,
+                          compiler_options):
+      print(json.dumps(record), flush=True)
+  except ValueError as e:  # a model field the options or the target cannot take
+    raise SystemExit(f'error: {e}') from None
 
 
 if __name__ == '__main__':
