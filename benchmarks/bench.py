@@ -141,15 +141,11 @@ def _peak_bytes(devices: Sequence[jax.Device]) -> int | None:
 
 
 def _compiled_bytes(compiled: Any) -> int | None:
-  """Arguments + outputs + temporaries - donated (aliased) bytes of a compiled executable."""
+  """`inference.executable_bytes`, or None where the backend has no memory analysis."""
   try:
-    m = compiled.memory_analysis()
+    return inference.executable_bytes(compiled)
   except Exception:  # pylint: disable=broad-except
     return None
-  if m is None:
-    return None
-  return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-             - m.alias_size_in_bytes)
 
 
 def _time_steps(fn: Callable[[], Any], steps: int, warmup: int,

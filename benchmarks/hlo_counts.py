@@ -340,15 +340,15 @@ def lower_case(config: ml_collections.ConfigDict, case: str, devices: Sequence[A
   height, width = bench._parse_infer_case(case)  # pylint: disable=protected-access
   tiling = inference.TilingConfig.from_config(config.inference)
   ph, pw = image_io.round_up(height, tiling.bucket), image_io.round_up(width, tiling.bucket)
-  if infer_path == 'auto':
-    if not tiling.max_whole_pixels:  # the Enhancer would decide by this machine's memory
-      raise SystemExit('error: --infer_path=auto needs inference.max_whole_pixels > 0 here; '
-                       'pass --infer_path=whole or tiled')
-    infer_path = 'whole' if ph * pw <= tiling.max_whole_pixels else 'tiled'
   # The Enhancer's own jitted functions; its parameters here are host arrays, never used.
   params = models.abstract_params(model)
   host = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params)
   enhancer = inference.Enhancer(model, host, tiling)
+  if infer_path == 'auto':
+    if not tiling.max_whole_pixels:  # the Enhancer would decide by this machine's memory
+      raise SystemExit('error: --infer_path=auto needs inference.max_whole_pixels > 0 here; '
+                       'pass --infer_path=whole or tiled')
+    infer_path = 'whole' if enhancer.uses_whole(ph, pw) else 'tiled'
   params = _abstract(params, rep)
   record = {'batch': 1, 'height': height, 'width': width, 'padded': [ph, pw], 'path': infer_path}
   if infer_path == 'whole':
@@ -373,7 +373,7 @@ def measure(config: ml_collections.ConfigDict, options: Sequence[str], cases: Se
       compiled = lowered.compile(compiler_options=compiler_options or None)
       compile_s = time.perf_counter() - t0
       hlo = compiled.as_text()
-      stats = compiled.memory_analysis()
+      stats = compiled.memory_analysis()  # the parts of `inference.executable_bytes`
       yield {
           'target': target or jax.default_backend(), 'device': devices[0].device_kind,
           'jax_version': jax.__version__, 'case': case, 'option': name, **record,

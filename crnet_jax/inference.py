@@ -129,6 +129,14 @@ def bytes_per_pixel(model: models.CRNet, tiling: TilingConfig) -> int:
   return total
 
 
+def executable_bytes(compiled: Any) -> int:
+  """What a compiled executable holds on its device: arguments + outputs + temporaries - the
+  outputs that reuse (donated) argument buffers."""
+  stats = compiled.memory_analysis()
+  return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
+             + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+
+
 def _memory_bytes() -> int | None:
   """The memory inference can use: the first device's limit, or the host's RAM for CPU."""
   device = jax.local_devices()[0]
@@ -211,9 +219,7 @@ class Enhancer:
       image = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
       mask = jax.ShapeDtypeStruct((1, height, width, 1), jnp.float32)
       compiled = self._forward.lower(self.params, image, mask).compile()
-      stats = compiled.memory_analysis()
-      need = (stats.argument_size_in_bytes + stats.output_size_in_bytes
-              + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+      need = executable_bytes(compiled)
       memory = _memory_bytes()
       fits = need <= memory // 2 if memory else height * width <= TilingConfig.max_whole_pixels
       self._whole[(height, width)] = compiled if fits else None
@@ -298,9 +304,7 @@ class Enhancer:
 
   def tiled_memory_bytes(self, height: int, width: int) -> int:
     """Arguments, output and temporaries of the compiled tiled pass for a uint8 image (bytes)."""
-    stats = self.lower_tiled(height, width).compile().memory_analysis()
-    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
-               + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+    return executable_bytes(self.lower_tiled(height, width).compile())
 
   def _tiled_forward(self, params: Any, image: jax.Array, size: jax.Array, *,
                      out_uint8: bool) -> jax.Array:

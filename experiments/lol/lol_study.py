@@ -182,9 +182,13 @@ def cmd_run(args) -> dict[str, Any]:
   return results
 
 
-def _last_test(workdir: str, steps: int) -> dict[str, Any] | None:
-  """The evaluation of the run's last step (`steps`), or None before it."""
-  return next((r for r in study_shared.eval_curve(workdir) if int(r['step']) == steps), None)
+def _last_test(workdir: str, steps: int,
+               curve: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+  """The evaluation of the run's last step (`steps`), or None before it; `curve`: the run's
+  `study_shared.eval_curve`, when the caller has it."""
+  if curve is None:
+    curve = study_shared.eval_curve(workdir)
+  return next((r for r in curve if int(r['step']) == steps), None)
 
 
 def _mean_std(values: Sequence[float], digits: int = 2) -> str:
@@ -207,16 +211,17 @@ def collect(work: str) -> dict[str, dict[int, dict[str, Any]]]:
       continue
     with open(config_path) as f:
       steps = int(json.load(f)['num_train_steps'])
-    curve = study_shared.eval_curve(workdir)
-    last = next((r for r in curve if int(r['step']) == steps), None)  # as `_last_test`
-    out.setdefault(arm, {})[int(seed)] = {'last': last, 'curve': curve, 'steps': steps,
-                                          'train_loss': _train_loss(workdir)}
+    records = _records(workdir)  # read once: the curve and the training loss
+    curve = study_shared.eval_curve(workdir, records)
+    out.setdefault(arm, {})[int(seed)] = {'last': _last_test(workdir, steps, curve),
+                                          'curve': curve, 'steps': steps,
+                                          'train_loss': _train_loss(records)}
   return out
 
 
-def _train_loss(workdir: str, logs: int = 5) -> float | None:
-  """The enhancement loss (1 - SSIM on the labeled patches) over the run's last `logs` logs."""
-  values = [r['enhancement'] for r in _records(workdir)
+def _train_loss(records: list[dict[str, Any]], logs: int = 5) -> float | None:
+  """The enhancement loss (1 - SSIM on the labeled patches) over a run's last `logs` logs."""
+  values = [r['enhancement'] for r in records
             if r.get('split') == 'train' and 'enhancement' in r][-logs:]
   return float(np.mean(values)) if values else None
 

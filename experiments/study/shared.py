@@ -116,11 +116,14 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
   return out
 
 
-def eval_curve(workdir: str) -> list[dict[str, Any]]:
+def eval_curve(workdir: str, records: list[dict[str, Any]] | None = None
+               ) -> list[dict[str, Any]]:
   """The test evaluations of `metrics.jsonl`, one per step (the last, after a resumed run
-  redid steps), by step."""
+  redid steps), by step; `records`: that file's records, when the caller has read them."""
   by_step = {}
-  for r in read_jsonl(os.path.join(workdir, 'metrics.jsonl')):
+  if records is None:
+    records = read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  for r in records:
     if r.get('split') == 'test':
       by_step[int(r['step'])] = r
   return [by_step[s] for s in sorted(by_step)]
